@@ -1,0 +1,1 @@
+"""Turn image folders, archives of them and public data sets into FFCV files."""

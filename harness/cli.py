@@ -1,0 +1,103 @@
+"""`harness` command line: one subcommand per job (prep, views; pretrain, eval, sweep later)."""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _prep(args: argparse.Namespace) -> int:
+    from data_prep import prepare
+
+    manifest = prepare(args.source, Path(args.out), max_resolution=args.max_resolution,
+                       write_mode=args.write_mode, jpeg_quality=args.jpeg_quality,
+                       num_workers=args.workers, strict=args.strict, split_from=args.split_from,
+                       test_fraction=args.test_fraction, seed=args.seed, force=args.force,
+                       download_root=Path(args.download_root) if args.download_root else None)
+    for split, info in manifest["splits"].items():
+        print(f"{split:>6}: {info['count']:>8} images -> {Path(args.out) / info['file']}")
+    skipped = manifest.get("skipped", [])
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable images (listed in manifest.json)")
+    print(f"classes: {len(manifest['classes'])}; manifest: {Path(args.out) / 'manifest.json'}")
+    return 0
+
+
+def _views(args: argparse.Namespace) -> int:
+    from harness.data import preset_views, save_view_grid
+
+    data_dir = Path(args.data_dir)
+    resolution = args.resolution or _stored_resolution(data_dir, args.split)
+    preset = args.preset or ("cifar" if resolution <= 64 else "imagenet")
+    out = Path(args.out) if args.out else data_dir / f"views_{args.split}.png"
+    save_view_grid(data_dir, out, resolution=resolution, views=preset_views(preset),
+                   count=args.count, split=args.split, seed=args.seed)
+    print(f"wrote {out} ({args.count} images: original | view A | view B, "
+          f"{resolution} px, '{preset}' augmentations)")
+    return 0
+
+
+def _stored_resolution(data_dir: Path, split: str) -> int:
+    """Train at the stored size, capped at ImageNet's 224."""
+    from harness.data import beton_path
+
+    beton_path(data_dir, split)  # the clear error when the folder is not prepared
+    manifest = json.loads((data_dir / "manifest.json").read_text())
+    size = manifest["splits"][split]["image_size"]
+    return int(min(224, size["max_height"], size["max_width"]))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="harness", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prep", help="convert an image folder, archive or data set to FFCV files")
+    p.add_argument("source", help="image folder <split>/<class>/<img>, .tar/.tar.gz of one, "
+                                  "or cifar10 | cifar100 | stl10 (downloads when online)")
+    p.add_argument("--out", required=True, help="output folder for <split>.beton and manifest.json")
+    p.add_argument("--max-resolution", type=int, default=None,
+                   help="downscale images whose longer side exceeds this")
+    p.add_argument("--write-mode", choices=("jpg", "raw", "smart"), default="smart")
+    p.add_argument("--jpeg-quality", type=int, default=90)
+    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument("--strict", action="store_true", help="fail on a corrupt image instead of skipping")
+    p.add_argument("--split-from", default=None,
+                   help="make train/test from this one labelled split (seeded, stratified)")
+    p.add_argument("--test-fraction", type=float, default=0.5)
+    p.add_argument("--seed", type=int, default=0, help="seed of label subsets and splits")
+    p.add_argument("--download-root", default=None, help="where torchvision data sets are cached")
+    p.add_argument("--force", action="store_true", help="rewrite even if up to date")
+    p.set_defaults(func=_prep)
+
+    p = sub.add_parser("views", help="write a PNG grid of (original, view A, view B)")
+    p.add_argument("data_dir", help="a folder written by `harness prep`")
+    p.add_argument("--out", default=None, help="PNG path (default DATA_DIR/views_<split>.png)")
+    p.add_argument("--split", default="train")
+    p.add_argument("--count", type=int, default=8)
+    p.add_argument("--resolution", type=int, default=None, help="default: the stored size, <= 224")
+    p.add_argument("--preset", choices=("cifar", "imagenet"), default=None,
+                   help="augmentation recipe (default: cifar up to 64 px, else imagenet)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_views)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"harness {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:
+        # data_prep.PrepError and friends: the message already says what to do.
+        if type(err).__name__.endswith("Error") and type(err).__module__.startswith(("data_prep", "harness")):
+            print(f"harness {args.command}: error: {err}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

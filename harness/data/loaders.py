@@ -1,0 +1,227 @@
+"""FFCV loaders: the two-view pretraining loader, the labelled training loader, the eval loader.
+
+Each stored image is decoded once per view by FFCV (random-resized crop and flip happen in the
+decoder, on FFCV's threads); the batch goes to the device as uint8 and the photometric
+augmentations (augment.py) run there, per sample. Under a torch process group, every rank
+reads its own shard.
+"""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, NamedTuple, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+# Importing ffcv sets torch to one thread (its Compiler's default); keep torch's own count.
+_TORCH_THREADS = torch.get_num_threads()
+from ffcv.fields.basics import IntDecoder
+from ffcv.fields.rgb_image import CenterCropRGBImageDecoder, RandomResizedCropRGBImageDecoder
+from ffcv.loader import Loader, OrderOption
+from ffcv.pipeline import PipelineSpec
+from ffcv.transforms import RandomHorizontalFlip, Squeeze, ToDevice, ToTensor, ToTorchImage
+
+from .augment import BatchAugment, ViewAugment, normalize
+
+torch.set_num_threads(_TORCH_THREADS)
+
+__all__ = [
+    "TwoViewBatch", "TwoViewLoader", "LabelledLoader", "two_view_loader", "labelled_loader",
+    "eval_loader", "default_center_crop_ratio", "beton_path",
+]
+
+
+class TwoViewBatch(NamedTuple):
+    view_a: torch.Tensor
+    view_b: torch.Tensor
+    label: torch.Tensor
+
+
+def default_center_crop_ratio(resolution: int) -> float:
+    """Resize-256 / crop-224 at ImageNet scale; small images (CIFAR, Tiny) are used whole."""
+    return 1.0 if resolution <= 64 else 224 / 256
+
+
+def beton_path(data_dir: Path | str, split: str) -> Path:
+    """The .beton of one split of a `harness prep` output, with a clear error when absent."""
+    data_dir = Path(data_dir)
+    manifest = data_dir / "manifest.json"
+    if not manifest.is_file():
+        raise FileNotFoundError(
+            f"{data_dir} holds no prepared data set (no manifest.json): run "
+            f"`harness prep SOURCE --out {data_dir}` first")
+    splits = json.loads(manifest.read_text())["splits"]
+    if split not in splits:
+        raise ValueError(f"{data_dir} has no '{split}' split; it has: {', '.join(sorted(splits))}")
+    return data_dir / splits[split]["file"]
+
+
+def _device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() \
+            else torch.device("cpu")
+    return torch.device(device)
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+@dataclass(frozen=True)
+class _LoaderSpec:
+    """What every loader here shares; the FFCV Loader is built from it."""
+
+    path: Path
+    batch_size: int
+    resolution: int
+    device: torch.device
+    num_workers: int
+    seed: int
+    indices: Sequence[int] | None
+
+    def __post_init__(self):
+        if not Path(self.path).is_file():
+            raise FileNotFoundError(f"FFCV file {self.path} does not exist: run `harness prep`")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size={self.batch_size} must be >= 1")
+        if self.resolution < 8:
+            raise ValueError(f"resolution={self.resolution} is too small (>= 8 px)")
+
+    def image_pipeline(self, decoder, flip_p: float | None) -> list:
+        ops = [decoder]
+        if flip_p:
+            ops.append(RandomHorizontalFlip(flip_p))
+        on_gpu = self.device.type == "cuda"
+        ops += [ToTensor(), ToDevice(self.device, non_blocking=on_gpu), ToTorchImage(channels_last=on_gpu)]
+        return ops
+
+    def label_pipeline(self) -> list:
+        return [IntDecoder(), ToTensor(), Squeeze(), ToDevice(self.device, non_blocking=True)]
+
+    def build(self, pipelines: dict, *, order: OrderOption, distributed: bool,
+              drop_last: bool) -> Loader:
+        threads = torch.get_num_threads()
+        loader = Loader(str(self.path), batch_size=self.batch_size, num_workers=self.num_workers,
+                        order=order, distributed=distributed, seed=self.seed,
+                        indices=self.indices, pipelines=pipelines, drop_last=drop_last,
+                        os_cache=True)
+        # FFCV sets torch's thread count to its worker count; the training step needs its own.
+        torch.set_num_threads(threads)
+        return loader
+
+
+def _to_float(images: torch.Tensor) -> torch.Tensor:
+    # A new tensor: FFCV recycles its output buffers a few batches later, so nothing handed
+    # to the caller may alias them (labels are cloned for the same reason).
+    return images.float().div_(255.0)
+
+
+class TwoViewLoader:
+    """Yields TwoViewBatch(view_a, view_b, label): two augmented, normalised views per image.
+
+    Training shards come from FFCV's distributed sampler: a new global shuffle every epoch,
+    padded so every rank has the same number of batches (as torch's DistributedSampler).
+    """
+
+    def __init__(self, spec: _LoaderSpec, views: tuple[ViewAugment, ViewAugment], *,
+                 distributed: bool, drop_last: bool = True):
+        self.spec = spec
+        self.views = views
+        pipelines = {"label": spec.label_pipeline()}
+        for name, view in zip(("image", "image_b"), views):
+            decoder = RandomResizedCropRGBImageDecoder(
+                (spec.resolution, spec.resolution), scale=view.crop_scale, ratio=view.crop_ratio)
+            pipelines[name] = PipelineSpec("image", decoder=decoder,
+                                           transforms=spec.image_pipeline(decoder, view.flip_p)[1:])
+        rank, _ = _world()
+        self.augment = [BatchAugment(view, spec.resolution, seed=spec.seed * 1000 + 2 * rank + i)
+                        for i, view in enumerate(views)]
+        self.loader = spec.build(pipelines, order=OrderOption.RANDOM, distributed=distributed,
+                                 drop_last=drop_last)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[TwoViewBatch]:
+        for image_a, label, image_b in self._batches():
+            yield TwoViewBatch(normalize(self.augment[0](_to_float(image_a))),
+                               normalize(self.augment[1](_to_float(image_b))), label.clone())
+
+    def raw_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """(view_a, view_b, label) as augmented floats in [0, 1], before normalisation (for grids)."""
+        for image_a, label, image_b in self._batches():
+            yield self.augment[0](_to_float(image_a)), self.augment[1](_to_float(image_b)), label.clone()
+
+    def _batches(self):
+        # FFCV yields the stored fields first (image, label), then the extra pipeline (image_b).
+        return iter(self.loader)
+
+
+class LabelledLoader:
+    """Yields (images, labels), normalised: the linear-evaluation training and the eval loaders."""
+
+    def __init__(self, loader: Loader):
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for images, labels in self.loader:
+            yield normalize(_to_float(images)), labels.clone()
+
+
+def two_view_loader(path, *, batch_size: int, resolution: int,
+                    views: tuple[ViewAugment, ViewAugment], device=None, num_workers: int = 2,
+                    seed: int = 0, indices: Sequence[int] | None = None,
+                    distributed: bool | None = None, drop_last: bool = True) -> TwoViewLoader:
+    """The pretraining loader. distributed=None means: shard when a process group is running."""
+    spec = _LoaderSpec(Path(path), batch_size, resolution, _device(device), num_workers, seed, indices)
+    if distributed is None:
+        distributed = _world()[1] > 1
+    return TwoViewLoader(spec, views, distributed=distributed, drop_last=drop_last)
+
+
+def labelled_loader(path, *, batch_size: int, resolution: int, device=None, num_workers: int = 2,
+                    seed: int = 0, indices: Sequence[int] | None = None,
+                    distributed: bool | None = None,
+                    crop_scale: tuple[float, float] = (0.08, 1.0)) -> LabelledLoader:
+    """Labelled training with random-resized crop + flip (linear probe, fine-tuning)."""
+    spec = _LoaderSpec(Path(path), batch_size, resolution, _device(device), num_workers, seed, indices)
+    if distributed is None:
+        distributed = _world()[1] > 1
+    decoder = RandomResizedCropRGBImageDecoder((resolution, resolution), scale=crop_scale)
+    pipelines = {"image": spec.image_pipeline(decoder, 0.5), "label": spec.label_pipeline()}
+    return LabelledLoader(spec.build(pipelines, order=OrderOption.RANDOM, distributed=distributed,
+                                     drop_last=True))
+
+
+def eval_loader(path, *, batch_size: int, resolution: int, device=None, num_workers: int = 2,
+                indices: Sequence[int] | None = None, distributed: bool | None = None,
+                center_crop_ratio: float | None = None) -> LabelledLoader:
+    """Centre crop, no augmentation, every image exactly once.
+
+    Distributed evaluation shards by hand (rank r takes every world_size-th image) rather
+    than with FFCV's sampler, which pads the last batch with repeats and would count some
+    images twice.
+    """
+    ratio = default_center_crop_ratio(resolution) if center_crop_ratio is None else center_crop_ratio
+    if not 0.0 < ratio <= 1.0:
+        raise ValueError(f"center_crop_ratio={ratio} must lie in (0, 1]")
+    if distributed is None:
+        distributed = _world()[1] > 1
+    if distributed:
+        rank, world = _world()
+        if indices is None:
+            from ffcv.reader import Reader
+            indices = np.arange(Reader(str(path)).num_samples)
+        indices = np.asarray(indices)[rank::world]
+    spec = _LoaderSpec(Path(path), batch_size, resolution, _device(device), num_workers, 0, indices)
+    decoder = CenterCropRGBImageDecoder((resolution, resolution), ratio=ratio)
+    pipelines = {"image": spec.image_pipeline(decoder, None), "label": spec.label_pipeline()}
+    return LabelledLoader(spec.build(pipelines, order=OrderOption.SEQUENTIAL, distributed=False,
+                                     drop_last=False))

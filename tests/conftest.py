@@ -1,0 +1,66 @@
+"""Shared fixtures: small real image-folder subsets cut from ../shared/datasets."""
+
+import os
+import tarfile
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def datasets_root() -> Path:
+    """The shared real data sets: $BT_DATASETS, else ../shared/datasets beside the checkout."""
+    root = Path(os.environ.get("BT_DATASETS", REPO.parent / "shared" / "datasets"))
+    if not root.is_dir():
+        pytest.fail(f"real data sets not found at {root}: set BT_DATASETS to the folder "
+                    "holding cifar10/, imagenette/ and tiny-imagenet-val/")
+    return root
+
+
+def extract_subset(archive: Path, dest: Path, per_class: int) -> Path:
+    """Copy the first `per_class` images of every <split>/<class>/ in a .tar.gz into `dest`.
+
+    Streams the archive once and stops reading a class as soon as it is full, so a few hundred
+    images cost a couple of seconds, not a full unpack.
+    """
+    taken = defaultdict(int)
+    with tarfile.open(archive, "r:gz") as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            parts = Path(member.name).parts
+            if len(parts) < 3:
+                continue
+            split, cls = parts[-3], parts[-2]
+            if taken[split, cls] >= per_class:
+                continue
+            taken[split, cls] += 1
+            target = dest / split / cls / parts[-1]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(tar.extractfile(member).read())
+    return dest
+
+
+@pytest.fixture(scope="session")
+def shared_datasets() -> Path:
+    return datasets_root()
+
+
+@pytest.fixture(scope="session")
+def cifar_folder(tmp_path_factory, shared_datasets) -> Path:
+    """CIFAR-10 image folder: 40 train and 10 test images per class (real JPEGs)."""
+    dest = tmp_path_factory.mktemp("cifar10")
+    extract_subset(shared_datasets / "cifar10" / "train.tar.gz", dest, per_class=40)
+    extract_subset(shared_datasets / "cifar10" / "test.tar.gz", dest, per_class=10)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def imagenette_folder(tmp_path_factory, shared_datasets) -> Path:
+    """Imagenette image folder (224 px): 12 train and 4 val images per class."""
+    dest = tmp_path_factory.mktemp("imagenette")
+    extract_subset(shared_datasets / "imagenette" / "train.tar.gz", dest, per_class=12)
+    extract_subset(shared_datasets / "imagenette" / "val.tar.gz", dest, per_class=4)
+    return dest
