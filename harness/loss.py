@@ -1,0 +1,129 @@
+"""The Barlow Twins loss (Zbontar et al. 2021, eq. 1) and nothing else.
+
+Where the normalisation lives: here, not in the model. The model returns the raw output of the
+projector's last Linear; `cross_correlation` standardises every feature along the *global* batch
+(mean 0, biased variance 1, eps 1e-5: exactly what the authors' `BatchNorm1d(D, affine=False)`
+does in training mode, and what it does across workers once converted to SyncBatchNorm). Keeping
+it in the loss means the loss is correct on its own under data parallelism, whatever the model
+wraps, and the model carries no layer whose only job is the loss.
+
+The DDP gradient math (why the collectives are the autograd-aware ones):
+every statistic that crosses workers (feature sums, squared deviations, C) is summed with
+`torch.distributed.nn.functional.all_reduce`, whose backward is itself an all_reduce SUM. So every
+rank computes the same global loss L, and in backward each rank receives dL/dC from all W ranks,
+i.e. W * dL/dC, and likewise W times the total derivative for the mean and variance. Rank r's
+parameter gradient is therefore W * g_r, where g_r is the part of the single-process gradient
+that flows through rank r's samples (sum_r g_r = g). DDP then *averages* over ranks:
+(1/W) * sum_r W * g_r = g, the single-process gradient on the global batch. With the plain
+`dist.all_reduce` the other ranks' terms are constants to autograd, rank r gets only its own
+path, and DDP's average is g / W for C (the bug in the authors' main.py; lightly #1977/#1980).
+tests/test_loss.py checks this against a real 2-process DistributedDataParallel run.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_fn
+from torch import Tensor, nn
+
+__all__ = ["BN_EPS", "LossParts", "cross_correlation", "BarlowTwinsLoss"]
+
+# torch.nn.BatchNorm1d's default: the authors normalise with BatchNorm1d(D, affine=False).
+BN_EPS = 1e-5
+
+
+class LossParts(NamedTuple):
+    """The loss and its two terms, each a 0-d tensor (still attached to the graph).
+
+    `off_diag` is reported *unweighted* (sum_{i!=j} C_ij^2, before lambda and scale) so that runs
+    with different lambda can be compared on it; `total = scale * (on_diag + lambd * off_diag)`.
+    Under data parallelism every rank holds the same global values: log from any one rank.
+    """
+
+    total: Tensor
+    on_diag: Tensor
+    off_diag: Tensor
+
+
+def _world_size() -> int:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return 1
+
+
+def _sum_over_workers(t: Tensor) -> Tensor:
+    # The autograd-aware all_reduce: see the module docstring for why the plain one is wrong.
+    if _world_size() > 1:
+        return dist_fn.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def cross_correlation(z_a: Tensor, z_b: Tensor, eps: float = BN_EPS) -> Tensor:
+    """D x D cross-correlation of two views' projector outputs over the global batch.
+
+    z_a, z_b: (n_local, D) raw projector outputs of the same images under two augmentations.
+    Each column is standardised with the global batch mean and biased variance (BatchNorm
+    semantics), then C = z_a_norm^T z_b_norm / N_global. Computed in float32 (or float64 if
+    given) with autocast off: a D x D sum of N products loses too much in half precision.
+    """
+    if z_a.ndim != 2 or z_a.shape != z_b.shape:
+        raise ValueError(f"z_a and z_b must both be (batch, dim) of one shape, got "
+                         f"{tuple(z_a.shape)} and {tuple(z_b.shape)}")
+    if z_a.shape[0] < 2 and _world_size() == 1:
+        raise ValueError(f"batch-normalising needs at least 2 samples, got {z_a.shape[0]}")
+    dtype = torch.promote_types(z_a.dtype, torch.float32)
+    with torch.autocast(device_type=z_a.device.type, enabled=False):
+        # Both views stacked so that each statistic costs one collective, not two.
+        z = torch.stack((z_a, z_b)).to(dtype)  # (2, n_local, D)
+        dim = z.shape[2]
+        # The local count travels with the sums: shards may differ in size (last batch).
+        sums = _sum_over_workers(torch.cat((z.sum(dim=1).flatten(), z.new_tensor([z.shape[1]]))))
+        n = sums[-1]
+        mean = sums[:-1].view(2, 1, dim) / n
+        centred = z - mean
+        # Two passes (mean, then squared deviations) rather than E[z^2] - mean^2: no cancellation
+        # when a feature's mean is large compared with its spread.
+        var = _sum_over_workers(centred.square().sum(dim=1, keepdim=True)) / n
+        z_norm = centred * torch.rsqrt(var + eps)
+        return _sum_over_workers(z_norm[0].T @ z_norm[1] / n)
+
+
+def _off_diagonal(c: Tensor) -> Tensor:
+    # The authors' view trick: the off-diagonal entries of a square matrix without a mask or copy.
+    d = c.shape[0]
+    return c.flatten()[:-1].view(d - 1, d + 1)[:, 1:].flatten()
+
+
+class BarlowTwinsLoss(nn.Module):
+    """scale * (sum_i (1 - C_ii)^2 + lambd * sum_{i!=j} C_ij^2), C from `cross_correlation`.
+
+    lambd: 0.0051 in the authors' code (the paper says 5e-3). scale: 1 for the paper's recipe,
+    0.1 in solo-learn's CIFAR recipe; it only rescales the gradient (LARS is mostly invariant to
+    it, plain SGD is not). The loss is a sum over a D x D matrix, so it grows with D: about 1e4 at
+    D = 8192 early in training is normal.
+    """
+
+    def __init__(self, lambd: float = 0.0051, scale: float = 1.0, eps: float = BN_EPS):
+        super().__init__()
+        if not lambd > 0:
+            raise ValueError(f"lambd must be > 0 (the paper uses 0.0051), got {lambd}")
+        if not scale > 0:
+            raise ValueError(f"scale must be > 0 (1.0 for the paper, 0.1 for CIFAR), got {scale}")
+        if not eps >= 0:
+            raise ValueError(f"eps must be >= 0 (BatchNorm's default is 1e-5), got {eps}")
+        self.lambd = float(lambd)
+        self.scale = float(scale)
+        self.eps = float(eps)
+
+    def forward(self, z_a: Tensor, z_b: Tensor) -> LossParts:
+        c = cross_correlation(z_a, z_b, self.eps)
+        on_diag = (1 - torch.diagonal(c)).square().sum()
+        off_diag = _off_diagonal(c).square().sum()
+        total = self.scale * (on_diag + self.lambd * off_diag)
+        return LossParts(total=total, on_diag=on_diag, off_diag=off_diag)
+
+    def extra_repr(self) -> str:
+        return f"lambd={self.lambd}, scale={self.scale}, eps={self.eps}"
