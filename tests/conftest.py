@@ -19,13 +19,16 @@ def datasets_root() -> Path:
     return root
 
 
-def extract_subset(archive: Path, dest: Path, per_class: int) -> Path:
+def extract_subset(archive: Path, dest: Path, per_class: int,
+                   max_classes: int | None = None) -> Path:
     """Copy the first `per_class` images of every <split>/<class>/ in a .tar.gz into `dest`.
 
     Streams the archive once and stops reading a class as soon as it is full, so a few hundred
-    images cost a couple of seconds, not a full unpack.
+    images cost a couple of seconds, not a full unpack. With `max_classes`, only the first that
+    many classes of each split (in archive order) are kept.
     """
     taken = defaultdict(int)
+    classes = defaultdict(set)
     with tarfile.open(archive, "r:gz") as tar:
         for member in tar:
             if not member.isfile():
@@ -34,6 +37,10 @@ def extract_subset(archive: Path, dest: Path, per_class: int) -> Path:
             if len(parts) < 3:
                 continue
             split, cls = parts[-3], parts[-2]
+            if max_classes is not None and cls not in classes[split]:
+                if len(classes[split]) >= max_classes:
+                    continue
+                classes[split].add(cls)
             if taken[split, cls] >= per_class:
                 continue
             taken[split, cls] += 1
@@ -63,4 +70,13 @@ def imagenette_folder(tmp_path_factory, shared_datasets) -> Path:
     dest = tmp_path_factory.mktemp("imagenette")
     extract_subset(shared_datasets / "imagenette" / "train.tar.gz", dest, per_class=12)
     extract_subset(shared_datasets / "imagenette" / "val.tar.gz", dest, per_class=4)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def tiny_imagenet_folder(tmp_path_factory, shared_datasets) -> Path:
+    """Tiny-ImageNet's one labelled split (64 px): val/ only, 5 classes of 6 images each."""
+    dest = tmp_path_factory.mktemp("tiny-imagenet")
+    extract_subset(shared_datasets / "tiny-imagenet-val" / "val.tar.gz", dest, per_class=6,
+                   max_classes=5)
     return dest

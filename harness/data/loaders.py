@@ -114,6 +114,15 @@ class _LoaderSpec:
         return loader
 
 
+def _iter_keeping_threads(loader: Loader):
+    # Loader.__iter__ calls Compiler.set_num_threads(num_workers), which also sets torch's
+    # thread count, every epoch: the training step would run on the loader's thread count.
+    threads = torch.get_num_threads()
+    iterator = iter(loader)
+    torch.set_num_threads(threads)
+    return iterator
+
+
 def _to_float(images: torch.Tensor) -> torch.Tensor:
     # A new tensor: FFCV recycles its output buffers a few batches later, so nothing handed
     # to the caller may alias them (labels are cloned for the same reason).
@@ -158,7 +167,7 @@ class TwoViewLoader:
 
     def _batches(self):
         # FFCV yields the stored fields first (image, label), then the extra pipeline (image_b).
-        return iter(self.loader)
+        return _iter_keeping_threads(self.loader)
 
 
 class LabelledLoader:
@@ -171,7 +180,7 @@ class LabelledLoader:
         return len(self.loader)
 
     def __iter__(self):
-        for images, labels in self.loader:
+        for images, labels in _iter_keeping_threads(self.loader):
             yield normalize(_to_float(images)), labels.clone()
 
 
@@ -218,7 +227,9 @@ def eval_loader(path, *, batch_size: int, resolution: int, device=None, num_work
         rank, world = _world()
         if indices is None:
             from ffcv.reader import Reader
-            indices = np.arange(Reader(str(path)).num_samples)
+            # num_samples is a numpy uint64, and np.arange of one is float64 under numpy 2:
+            # float indices make FFCV's numba decoder fail in its thread (the loop then hangs).
+            indices = np.arange(int(Reader(str(path)).num_samples))
         indices = np.asarray(indices)[rank::world]
     spec = _LoaderSpec(Path(path), batch_size, resolution, _device(device), num_workers, 0, indices)
     decoder = CenterCropRGBImageDecoder((resolution, resolution), ratio=ratio)

@@ -1,0 +1,268 @@
+"""`prepare`: one source in; FFCV .beton files, label-subset lists and a manifest out.
+
+The work runs in the order data flows: check the options, open the source, stop early if `out`
+already holds this exact preparation, check the layout, decode-check every image, derive the
+splits and subsets, write everything into `out/.partial-<pid>`, then commit (manifest.commit).
+Every bad input fails with a PrepError before the expensive steps.
+"""
+
+import logging
+import os
+import shutil
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from ffcv.fields import RGBImageField
+
+from . import images
+from .beton import write_beton
+from .errors import PrepError
+from .manifest import FORMAT_VERSION, commit, current_manifest, fingerprint_of, versions
+from .sources import SPLITS, open_source
+from .subsets import SUBSET_FRACTIONS, label_subset, stratified_split
+
+log = logging.getLogger(__name__)
+
+WRITE_MODES = ("jpg", "raw", "smart")
+# ffcv's 'smart' mode without a threshold stores everything raw. With this one, images up to
+# 64x64 (CIFAR, STL-10, Tiny-ImageNet) stay raw - exact and cheapest to decode - and larger ones
+# are JPEG-compressed, where raw pixels would make the file ~10x bigger.
+SMART_THRESHOLD = 64 * 64 * 3
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class PrepOptions:
+    """The options that shape the output files, hence the fingerprint."""
+    write_mode: str = "smart"
+    jpeg_quality: int = 90
+    max_resolution: int | None = None
+    seed: int = 0
+    split_from: str | None = None
+    test_fraction: float = 0.5
+
+    def __post_init__(self):
+        if self.write_mode not in WRITE_MODES:
+            raise PrepError(f"write_mode must be one of {', '.join(WRITE_MODES)}, "
+                            f"not {self.write_mode!r}")
+        if not _is_int(self.jpeg_quality) or not 1 <= self.jpeg_quality <= 100:
+            raise PrepError(f"jpeg_quality must be an integer from 1 to 100, "
+                            f"not {self.jpeg_quality!r}")
+        if self.max_resolution is not None and (not _is_int(self.max_resolution)
+                                                or self.max_resolution < 1):
+            raise PrepError("max_resolution must be a positive integer (the longest side in "
+                            f"pixels) or None to keep every size, not {self.max_resolution!r}")
+        if not _is_int(self.seed) or self.seed < 0:
+            raise PrepError(f"seed must be a non-negative integer, not {self.seed!r}")
+        if self.split_from is not None and self.split_from not in SPLITS:
+            raise PrepError(f"split_from must be one of {', '.join(SPLITS)} or None, "
+                            f"not {self.split_from!r}")
+        if (not isinstance(self.test_fraction, (int, float)) or isinstance(self.test_fraction, bool)
+                or not 0 < self.test_fraction < 1):
+            raise PrepError(f"test_fraction must be a number strictly between 0 and 1, "
+                            f"not {self.test_fraction!r}")
+
+    @property
+    def smart_threshold(self) -> int | None:
+        return SMART_THRESHOLD if self.write_mode == "smart" else None
+
+    def recorded(self) -> dict:
+        return {**asdict(self), "smart_threshold": self.smart_threshold}
+
+    def image_field(self) -> RGBImageField:
+        return RGBImageField(write_mode=self.write_mode, max_resolution=self.max_resolution,
+                             jpeg_quality=self.jpeg_quality, smart_threshold=self.smart_threshold)
+
+
+def prepare(source: str | Sequence[str], out: Path, *, max_resolution: int | None = None,
+            write_mode: str = "smart", jpeg_quality: int = 90, num_workers: int | None = None,
+            strict: bool = False, split_from: str | None = None, test_fraction: float = 0.5,
+            seed: int = 0, download_root: Path | None = None, progress: bool = True,
+            force: bool = False) -> dict:
+    """Write `out/<split>.beton` for every split of `source`, label subsets and a manifest.
+
+    source: an image folder (<root>/<split>/<class>/<image>), a .tar/.tar.gz/.tgz of one, or
+    cifar10 / cifar100 / stl10, or a list of those holding different splits (merged) (downloaded through torchvision into download_root). Unreadable
+    images are skipped and listed (strict=True: an error). split_from='val' splits that one
+    labelled split into train/test, test_fraction per class. Returns the manifest; returns the
+    existing one without rewriting when `out` already holds the same preparation (unless force).
+    """
+    started = time.monotonic()
+    options = PrepOptions(write_mode, jpeg_quality, max_resolution, seed, split_from, test_fraction)
+    workers = (os.cpu_count() or 1) if num_workers is None else num_workers
+    if not _is_int(workers) or workers < 1:
+        raise PrepError(f"num_workers must be a positive integer or None (all cores), "
+                        f"not {num_workers!r}")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise PrepError(f"output {out} exists and is not a folder: pass a folder path")
+
+    src = open_source(source, download_root)
+    described = src.describe()
+    fingerprint = fingerprint_of(described["sha256"], options.recorded())
+    if not force and (existing := current_manifest(out, fingerprint)) is not None:
+        _check_strict(existing["skipped"], strict)
+        log.info("%s is up to date (same source and options); force (--force) rewrites it", out)
+        return existing
+
+    listing = src.scan()
+    _check_split_from(options.split_from, list(listing.splits))
+    if listing.ignored:
+        warnings.warn(f"ignored {len(listing.ignored)} file(s) that are not images "
+                      f"({', '.join(sorted(images.IMAGE_EXTENSIONS))}) or not inside a "
+                      f"<split>/<class>/ folder, e.g. {', '.join(listing.ignored[:5])}",
+                      stacklevel=2)
+    checked, skipped = _check_images(listing, workers, strict, progress)
+    splits = _derive_splits(checked, listing.classes, options)
+    label_of = {c: i for i, c in enumerate(listing.classes)}
+    n_classes = len(listing.classes)
+
+    out.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned_staging(out)
+    staged = out / f".partial-{os.getpid()}"
+    try:
+        staged.mkdir()
+        split_entries, train_labels = {}, None
+        for split, (pairs, from_split) in splits.items():
+            items = [item for item, _ in pairs]
+            labels = np.array([label_of[item.cls] for item in items], dtype=np.int64)
+            sizes = [images.stored_size(h, w, options.max_resolution) for _, (h, w) in pairs]
+            beton = staged / f"{split}.beton"
+            write_beton(beton, items, labels.tolist(), sizes, options.image_field(), workers,
+                        progress)
+            split_entries[split] = _split_entry(beton, labels, sizes, n_classes, from_split)
+            if split == "train":
+                train_labels = labels
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "fingerprint": fingerprint,
+            "classes": listing.classes,
+            "splits": split_entries,
+            "subsets": _write_subsets(staged, train_labels, n_classes, options.seed),
+            "source": described,
+            "options": options.recorded(),
+            "skipped": skipped,
+            "ignored_files": len(listing.ignored),
+            "versions": versions(),
+            "seconds": round(time.monotonic() - started, 3),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        commit(staged, out, manifest)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+    log.info("prepared %s in %s (%.1f s)", source, out, manifest["seconds"])
+    return manifest
+
+
+def _check_split_from(split_from: str | None, present: list[str]):
+    if split_from is None:
+        return
+    if split_from not in present:
+        raise PrepError(f"split_from={split_from!r}, but the source's splits are "
+                        f"{', '.join(present)}: pass one of those")
+    clash = sorted(({"train", "test"} & set(present)) - {split_from})
+    if clash:
+        raise PrepError(f"split_from={split_from!r} makes new train and test splits, but the "
+                        f"source already has {', '.join(clash)}: drop split_from to use the "
+                        "source's own splits, or remove the clashing split from the source")
+
+
+def _check_strict(skipped: list[dict], strict: bool):
+    if strict and skipped:
+        listed = "; ".join(f"{s['path']} ({s['error']})" for s in skipped[:10])
+        raise PrepError(f"{len(skipped)} unreadable image(s) with strict on: {listed}. Replace "
+                        "or delete them, or run without strict (--strict) to skip them")
+
+
+def _check_images(listing, workers: int, strict: bool, progress: bool):
+    """Decode every image once; keep (item, (height, width)) pairs, list the unreadable ones."""
+    items = [item for split_items in listing.splits.values() for item in split_items]
+    results = images.inspect_all([item.data for item in items], workers, progress)
+    kept = {split: [] for split in listing.splits}
+    skipped = []
+    for item, result in zip(items, results):
+        if isinstance(result, str):
+            skipped.append({"path": item.path, "error": result})
+        else:
+            kept[item.split].append((item, result))
+    _check_strict(skipped, strict)
+    if skipped:
+        warnings.warn(f"skipped {len(skipped)} unreadable image(s), listed in the manifest: "
+                      + ", ".join(s["path"] for s in skipped[:5]), stacklevel=3)
+    for split, pairs in kept.items():
+        lost = sorted(set(listing.classes) - {item.cls for item, _ in pairs})
+        if lost:
+            raise PrepError(f"no readable image left in {', '.join(f'{split}/{c}' for c in lost)}: "
+                            "every image there failed to decode; replace them or drop the class")
+    return kept, skipped
+
+
+def _derive_splits(kept: dict, classes: list[str], options: PrepOptions) -> dict:
+    """Output split -> (its (item, size) pairs, the source split they come from)."""
+    derived = {split: (pairs, split) for split, pairs in kept.items()
+               if split != options.split_from}
+    if options.split_from is not None:
+        pairs = kept[options.split_from]
+        label_of = {c: i for i, c in enumerate(classes)}
+        labels = np.array([label_of[item.cls] for item, _ in pairs])
+        train, test = stratified_split(labels, classes, options.test_fraction, options.seed)
+        derived["train"] = ([pairs[i] for i in train], options.split_from)
+        derived["test"] = ([pairs[i] for i in test], options.split_from)
+    return {split: derived[split] for split in SPLITS if split in derived}
+
+
+def _split_entry(beton: Path, labels: np.ndarray, sizes: list[tuple[int, int]], n_classes: int,
+                 from_split: str) -> dict:
+    """The manifest's record of one .beton; image_size describes the stored (resized) images."""
+    stored = np.array(sizes)
+    size = {}
+    for axis, name in enumerate(("height", "width")):
+        size[f"min_{name}"] = int(stored[:, axis].min())
+        size[f"max_{name}"] = int(stored[:, axis].max())
+        size[f"mean_{name}"] = round(float(stored[:, axis].mean()), 2)
+    return {"file": beton.name, "count": len(labels),
+            "per_class": np.bincount(labels, minlength=n_classes).tolist(),
+            "image_size": size, "source_split": from_split, "bytes": beton.stat().st_size}
+
+
+def _write_subsets(staged: Path, train_labels: np.ndarray | None, n_classes: int,
+                   seed: int) -> dict:
+    """subset_<name>.txt: ascending indices into train.beton, one per line (none without train)."""
+    if train_labels is None:
+        log.info("no train split: no label subsets written")
+        return {}
+    subsets = {}
+    for name, fraction in SUBSET_FRACTIONS.items():
+        indices = label_subset(train_labels, n_classes, fraction, seed)
+        file = staged / f"subset_{name}.txt"
+        file.write_text("".join(f"{i}\n" for i in indices))
+        per_class = np.bincount(train_labels[indices], minlength=n_classes).tolist()
+        subsets[name] = {"file": file.name, "fraction": fraction, "count": len(indices),
+                         "per_class": per_class, "bytes": file.stat().st_size}
+    return subsets
+
+
+def _remove_abandoned_staging(out: Path):
+    """Delete .partial-<pid> folders whose process is gone (killed runs cannot clean up)."""
+    for folder in out.glob(".partial-*"):
+        pid = folder.name.removeprefix(".partial-")
+        if pid.isdigit() and not _process_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        pass
+    return True

@@ -1,0 +1,54 @@
+"""Seeded, class-balanced index sets: the 1% / 10% label subsets and the train/test split.
+
+Each class draws from its own generator, `np.random.default_rng([seed, purpose, label])`, over its
+images in listing order (sorted by class, then path). Results depend only on the seed and the
+per-class counts, never on the machine, the worker count or the other classes' draws. A subset
+takes the first k of one permutation per class, so the 1% subset lies inside the 10% one.
+"""
+
+import numpy as np
+
+from .errors import PrepError
+
+# The semi-supervised protocol of SimCLR / Barlow Twins: fine-tune on 1% and 10% of the labels.
+SUBSET_FRACTIONS = {"1pct": 0.01, "10pct": 0.10}
+_SPLIT, _SUBSET = 0, 1  # keep the split's and the subsets' random streams apart
+
+
+def _class_permutation(seed: int, purpose: int, label: int, n: int) -> np.ndarray:
+    return np.random.default_rng([seed, purpose, label]).permutation(n)
+
+
+def _indices_by_class(labels: np.ndarray, n_classes: int) -> list[np.ndarray]:
+    return [np.flatnonzero(labels == c) for c in range(n_classes)]
+
+
+def subset_size(fraction: float, n: int) -> int:
+    """Images a class contributes to a subset: round(fraction * n), but never none."""
+    return max(1, round(fraction * n))
+
+
+def label_subset(labels: np.ndarray, n_classes: int, fraction: float, seed: int) -> np.ndarray:
+    """Ascending indices (into `labels`) of a class-balanced `fraction` of the images."""
+    picks = []
+    for label, idx in enumerate(_indices_by_class(labels, n_classes)):
+        order = _class_permutation(seed, _SUBSET, label, len(idx))
+        picks.append(idx[order[:subset_size(fraction, len(idx))]])
+    return np.sort(np.concatenate(picks))
+
+
+def stratified_split(labels: np.ndarray, classes: list[str], test_fraction: float,
+                     seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Ascending (train, test) indices with round(test_fraction * n_c) test images per class."""
+    train, test = [], []
+    for label, idx in enumerate(_indices_by_class(labels, len(classes))):
+        n_test = round(test_fraction * len(idx))
+        if n_test in (0, len(idx)):
+            empty = "test" if n_test == 0 else "train"
+            raise PrepError(f"class {classes[label]} has {len(idx)} image(s): test_fraction="
+                            f"{test_fraction} leaves its {empty} part empty; use a test_fraction "
+                            "nearer 0.5 or a source with more images per class")
+        order = _class_permutation(seed, _SPLIT, label, len(idx))
+        test.append(idx[order[:n_test]])
+        train.append(idx[order[n_test:]])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))

@@ -1,0 +1,149 @@
+"""The FFCV loaders on a real CIFAR-10 subset written by `harness prep`.
+
+Every FFCV loader compiles its numba pipeline (about 10-15 s on this machine), so the module
+builds each kind of loader once and the tests share them.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from PIL import Image
+
+from data_prep import prepare
+from harness.cli import main as cli_main
+from harness.data import (CIFAR_VIEWS, eval_loader, labelled_loader, two_view_loader)
+from harness.data.augment import MEAN, STD
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def prepared(cifar_folder, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("cifar_ffcv")
+    prepare(str(cifar_folder), out, write_mode="raw", num_workers=2, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def source_images(cifar_folder, prepared):
+    """Source pixels and labels of the test split, in the order prep stored them."""
+    classes = json.loads((prepared / "manifest.json").read_text())["classes"]
+    images, labels = [], []
+    for label, cls in enumerate(classes):
+        for path in sorted((cifar_folder / "test" / cls).iterdir()):
+            images.append(np.asarray(Image.open(path).convert("RGB")))
+            labels.append(label)
+    return np.stack(images), np.array(labels)
+
+
+def _unnormalise(x: torch.Tensor) -> torch.Tensor:
+    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(STD).view(1, 3, 1, 1)
+    return x * std + mean
+
+
+@pytest.fixture(scope="module")
+def two_view_batches(prepared):
+    loader = two_view_loader(prepared / "train.beton", batch_size=64, resolution=32,
+                             views=CIFAR_VIEWS, num_workers=2, device="cpu", seed=1)
+    return [batch for _, batch in zip(range(3), loader)]
+
+
+def test_two_views_shape_dtype_range(two_view_batches):
+    for view_a, view_b, label in two_view_batches:
+        for view in (view_a, view_b):
+            assert view.shape == (64, 3, 32, 32) and view.dtype == torch.float32
+            pixels = _unnormalise(view)
+            assert pixels.min() >= -1e-5 and pixels.max() <= 1 + 1e-5
+        assert label.shape == (64,) and label.dtype == torch.int64
+        assert 0 <= int(label.min()) and int(label.max()) <= 9
+
+
+def test_two_views_differ_from_each_other(two_view_batches):
+    view_a, view_b, _ = two_view_batches[0]
+    per_image = (view_a - view_b).abs().flatten(1).mean(1)
+    assert (per_image > 0.05).all(), "the two views of an image must be different crops/colours"
+    # Batches held by the caller keep their contents (FFCV recycles its own buffers).
+    assert not torch.equal(two_view_batches[0].view_a, two_view_batches[1].view_a)
+
+
+def test_two_views_differ_from_the_source(two_view_batches, cifar_folder):
+    view_a = _unnormalise(two_view_batches[0].view_a)
+    sources = [np.asarray(Image.open(p).convert("RGB"))
+               for p in sorted((cifar_folder / "train").rglob("*.jpg"))]
+    sources = torch.from_numpy(np.stack(sources)).permute(0, 3, 1, 2).float() / 255
+    nearest = torch.cdist(view_a.flatten(1), sources.flatten(1)).min(dim=1).values
+    assert (nearest > 1.0).all(), "an augmented view equals a stored image"
+
+
+def test_eval_loader_returns_every_image_once_exactly(prepared, source_images):
+    images, labels = source_images
+    loader = eval_loader(prepared / "test.beton", batch_size=32, resolution=32, device="cpu")
+    got_x, got_y = zip(*[(x, y) for x, y in loader])
+    got_x, got_y = torch.cat(got_x), torch.cat(got_y)
+    assert torch.equal(got_y, torch.from_numpy(labels))
+    pixels = (_unnormalise(got_x) * 255).round().permute(0, 2, 3, 1).numpy()
+    # raw mode stores decoded pixels; the 32 px centre crop of a 32 px image is the image.
+    assert np.abs(pixels - images).max() <= 1
+
+
+def test_labelled_loader_is_augmented(prepared):
+    loader = labelled_loader(prepared / "train.beton", batch_size=50, resolution=32, device="cpu")
+    batches = list(loader)
+    assert len(batches) == 400 // 50
+    x, y = batches[0]
+    assert x.shape == (50, 3, 32, 32) and y.shape == (50,)
+    counts = torch.bincount(torch.cat([y for _, y in batches]), minlength=10)
+    assert counts.tolist() == [40] * 10
+
+
+def _shard_worker(rank: int, world: int, init_file: str, beton: str, out: str):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        ev = eval_loader(beton, batch_size=16, resolution=32, device="cpu", num_workers=1)
+        eval_labels = torch.cat([y for _, y in ev])
+        eval_sums = torch.cat([x.flatten(1).sum(1) for x, _ in ev])
+        train = two_view_loader(beton, batch_size=20, resolution=32, views=CIFAR_VIEWS,
+                                num_workers=1, device="cpu", drop_last=False)
+        train_labels = torch.cat([b.label for b in train])
+        torch.save({"eval_labels": eval_labels, "eval_sums": eval_sums,
+                    "train_labels": train_labels, "batches": len(train)}, f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_distributed_shards_are_disjoint_and_cover_the_split(prepared, tmp_path, source_images):
+    world = 2
+    mp.spawn(_shard_worker, args=(world, str(tmp_path / "init"), str(prepared / "test.beton"),
+                                  str(tmp_path)), nprocs=world, join=True)
+    parts = [torch.load(tmp_path / f"rank{r}.pt") for r in range(world)]
+    _, labels = source_images
+    # Evaluation: rank r holds images r, r+2, ... : together every image exactly once.
+    merged = torch.empty(len(labels), dtype=torch.int64)
+    for r, part in enumerate(parts):
+        merged[r::world] = part["eval_labels"]
+    assert torch.equal(merged, torch.from_numpy(labels))
+    assert not torch.allclose(parts[0]["eval_sums"][:10], parts[1]["eval_sums"][:10])
+    # Training: 100 images / 2 ranks: 50 each, the class counts of the whole split.
+    assert [len(p["train_labels"]) for p in parts] == [50, 50]
+    union = torch.bincount(torch.cat([p["train_labels"] for p in parts]), minlength=10)
+    assert union.tolist() == np.bincount(labels, minlength=10).tolist()
+
+
+def test_views_command_writes_a_grid(prepared, tmp_path):
+    out = tmp_path / "grid.png"
+    assert cli_main(["views", str(prepared), "--out", str(out), "--count", "4"]) == 0
+    width, height = Image.open(out).size
+    # 3 columns x 4 rows of 32 px cells with 2 px padding, enlarged 3x for legibility.
+    assert (width, height) == (3 * (3 * 34 + 2), 3 * (4 * 34 + 2))
+
+
+def test_views_command_on_an_unprepared_folder_says_what_to_do(tmp_path, capsys):
+    assert cli_main(["views", str(tmp_path)]) == 2
+    assert "harness prep" in capsys.readouterr().err
