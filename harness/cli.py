@@ -1,4 +1,4 @@
-"""`harness` command line: one subcommand per job (prep, views; pretrain, eval, sweep later)."""
+"""`harness` command line: one subcommand per job (prep, views, pretrain, export; eval, sweep later)."""
 
 import argparse
 import json
@@ -54,8 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("prep", help="convert an image folder, archive or data set to FFCV files")
-    p.add_argument("source", help="image folder <split>/<class>/<img>, .tar/.tar.gz of one, "
-                                  "or cifar10 | cifar100 | stl10 (downloads when online)")
+    p.add_argument("source", nargs="+",
+                   help="image folder <split>/<class>/<img>, .tar/.tar.gz of one, or cifar10 | "
+                        "cifar100 | stl10 (downloads when online); several sources holding "
+                        "different splits are merged")
     p.add_argument("--out", required=True, help="output folder for <split>.beton and manifest.json")
     p.add_argument("--max-resolution", type=int, default=None,
                    help="downscale images whose longer side exceeds this")
@@ -81,7 +83,33 @@ def build_parser() -> argparse.ArgumentParser:
                    help="augmentation recipe (default: cifar up to 64 px, else imagenet)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_views)
+
+    p = sub.add_parser("pretrain", help="Barlow Twins pretraining on Ray Train (resumes by name)")
+    p.add_argument("config", help="a YAML file, e.g. experiments/cifar10_cpu.yaml")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config key, dotted (optimizer.lr_weights=0.2); repeatable")
+    p.add_argument("--name", default=None, help="run name (default: the config file's stem)")
+    p.add_argument("--storage", default=None, help="storage folder of runs (run.storage_path)")
+    p.add_argument("--address", default=None,
+                   help="join this Ray cluster (default: start a local instance on 127.0.0.1)")
+    p.set_defaults(func=_pretrain)
+
+    p = sub.add_parser("export", help="write backbone.pt / projector.pt from a checkpoint")
+    p.add_argument("checkpoint", help="a checkpoint folder, its state.pt, or a run folder (newest)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=_export)
     return parser
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    # Imported here: Ray and torch take seconds to import, which prep and views do not need.
+    from harness.pretrain import pretrain_command
+    return pretrain_command(args)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from harness.checkpoint import export_command
+    return export_command(args)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,14 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError) as err:
+        # Bad input (PrepError, ConfigError are ValueErrors): the message says what to do.
         print(f"harness {args.command}: error: {err}", file=sys.stderr)
         return 2
-    except Exception as err:
-        # data_prep.PrepError and friends: the message already says what to do.
-        if type(err).__name__.endswith("Error") and type(err).__module__.startswith(("data_prep", "harness")):
-            print(f"harness {args.command}: error: {err}", file=sys.stderr)
-            return 2
-        raise
 
 
 if __name__ == "__main__":

@@ -1,0 +1,148 @@
+"""The pretraining driver: config in, a Ray Train run out (`harness pretrain`).
+
+    cfg = load_config("experiments/cifar10_cpu.yaml", ["epochs=2"])
+    result = pretrain(cfg)                      # blocks until the run ends
+
+The driver checks everything it can before Ray starts (the config, the data set, that a run
+resumed by name has the same model, that a local machine has the CPUs/GPUs asked for), then
+builds one TorchTrainer: ScalingConfig from `workers`, RunConfig(storage_path, name) with
+checkpoints kept by `run.keep_checkpoints` and FailureConfig(run.max_failures). Train V2 resumes
+a run whose storage_path/name already holds checkpoints from the newest of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import time
+from importlib import metadata
+from pathlib import Path
+
+from harness.ray_runtime import start_ray  # first: sets Ray's environment before `import ray`
+
+import ray  # noqa: E402
+import ray.train  # noqa: E402
+import torch  # noqa: E402
+from ray.train.torch import TorchTrainer  # noqa: E402
+
+from harness.checkpoint import latest_checkpoint  # noqa: E402
+from harness.config import ConfigError, PretrainConfig, load_config  # noqa: E402
+from harness.train import train_loop  # noqa: E402
+
+__all__ = ["pretrain", "pretrain_command", "check_resume", "check_local_resources", "provenance"]
+
+_REPO = Path(__file__).resolve().parents[1]
+
+
+def check_resume(cfg: PretrainConfig) -> Path | None:
+    """The run's newest checkpoint, after checking it was made by the same model."""
+    newest = latest_checkpoint(cfg.run.run_dir)
+    if newest is None:
+        return None
+    # mmap: only the small config is read, not the weights.
+    saved = torch.load(newest / "state.pt", map_location="cpu", weights_only=True, mmap=True)
+    for key, value in saved["config"]["model"].items():
+        if getattr(cfg.model, key) != value:
+            raise ConfigError(
+                f"model.{key}: run '{cfg.run.name}' in {cfg.run.storage_path} was trained with "
+                f"model.{key}={value!r}, not {getattr(cfg.model, key)!r}; it would resume from "
+                f"{newest.name}. Use another --name, or the run's own model settings")
+    return newest
+
+
+def check_local_resources(cfg: PretrainConfig) -> None:
+    """A local Ray instance would wait forever for resources this machine does not have."""
+    w = cfg.workers
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if w.num_workers * w.cpus_per_worker > cpus:
+        raise ConfigError(f"workers.num_workers: {w.num_workers} workers x {w.cpus_per_worker} "
+                          f"CPUs need {w.num_workers * w.cpus_per_worker} CPUs, this machine has "
+                          f"{cpus}: lower workers.num_workers or workers.cpus_per_worker")
+    if w.use_gpu and torch.cuda.device_count() < w.num_workers:
+        raise ConfigError(f"workers.use_gpu: {w.num_workers} GPU workers need {w.num_workers} "
+                          f"GPUs, this machine has {torch.cuda.device_count()}: set "
+                          "workers.use_gpu=false or lower workers.num_workers")
+
+
+def _gpu_names() -> list[str]:
+    # nvidia-smi, not torch.cuda: the driver would otherwise hold a CUDA context on GPU 0.
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [line.strip() for line in out.stdout.splitlines() if line.strip()]
+
+
+def provenance(cfg: PretrainConfig, address: str | None) -> dict:
+    """What a result needs beside it: time, config, versions, git revision, hardware."""
+    versions = {"python": platform.python_version()}
+    for dist in ("torch", "torchvision", "ray", "ffcv", "numpy"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = None
+    git = subprocess.run(["git", "-C", str(_REPO), "describe", "--always", "--dirty"],
+                         capture_output=True, text=True)
+    return {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "address": address or "local",
+        "git": git.stdout.strip() or None, "versions": versions,
+        "hardware": {"machine": platform.machine(), "cpus": os.cpu_count(), "gpus": _gpu_names()},
+        "config": cfg.to_dict(),
+    }
+
+
+def pretrain(cfg: PretrainConfig, address: str | None = None) -> ray.train.Result:
+    """Run (or resume) the pretraining run `cfg.run.name`; raises on a failed run."""
+    cfg.check_data()
+    check_resume(cfg)
+    if address is None:
+        check_local_resources(cfg)
+    started = start_ray(address)
+    try:
+        run_dir = cfg.run.run_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
+        # One record per launch (first start and every resume): config, versions, hardware.
+        with (run_dir / "launches.jsonl").open("a") as f:
+            f.write(json.dumps(provenance(cfg, address)) + "\n")
+        w = cfg.workers
+        trainer = TorchTrainer(
+            train_loop,
+            train_loop_config={"config": cfg.to_dict()},
+            scaling_config=ray.train.ScalingConfig(
+                num_workers=w.num_workers, use_gpu=w.use_gpu,
+                resources_per_worker={"CPU": w.cpus_per_worker, **({"GPU": 1} if w.use_gpu else {})}),
+            run_config=ray.train.RunConfig(
+                name=cfg.run.name, storage_path=cfg.run.storage_path,
+                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),
+                failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
+                # INFO would print every report of every rank with all its metrics; the
+                # worker loop logs one summary line per epoch instead.
+                logging_config=ray.train.LoggingConfig(log_level="WARNING")),
+        )
+        return trainer.fit()
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def pretrain_command(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.set or [], name=args.name, storage_path=args.storage)
+    print(f"harness pretrain: run '{cfg.run.name}' in {cfg.run.run_dir}: {cfg.model.arch}, "
+          f"projector {cfg.model.projector}, batch {cfg.batch_size} over "
+          f"{cfg.workers.num_workers} {'GPU' if cfg.workers.use_gpu else 'CPU'} worker(s), "
+          f"{cfg.epochs} epochs")
+    try:
+        result = pretrain(cfg, address=args.address)
+    except ray.train.TrainingFailedError as err:
+        print(f"harness pretrain: the run failed: {err}")
+        return 1
+    m = result.metrics or {}
+    print(f"harness pretrain: done at epoch {m.get('epoch')}, step {m.get('step')}; "
+          f"checkpoint {result.checkpoint.path if result.checkpoint else None}; "
+          f"export {cfg.run.run_dir / 'export'}; "
+          f"TensorBoard: tensorboard --logdir {cfg.run.run_dir / 'tensorboard'}")
+    return 0

@@ -1,0 +1,67 @@
+"""The online linear probe: the live quality signal of a pretraining run (and of a sweep).
+
+A linear classifier trained beside the twins on the *detached* backbone features of view A with
+the labels (solo-learn's online classifier, FFCV-SSL's online linear eval): its gradient never
+reaches the backbone, and it has its own optimizer. Each epoch it is evaluated on the test split,
+centre-cropped, with the backbone in eval mode. It tracks the final linear evaluation (frozen
+backbone, 100 epochs) only roughly: it chases a moving backbone and sees augmented images.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from harness.config import ProbeConfig
+
+__all__ = ["OnlineProbe"]
+
+
+class OnlineProbe:
+    """head: nn.Linear(feature_dim, classes), already on its device and DDP-wrapped if needed."""
+
+    def __init__(self, head: nn.Module, cfg: ProbeConfig):
+        self.head = head
+        self.optimizer = torch.optim.SGD(head.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                         weight_decay=cfg.weight_decay)
+
+    @property
+    def _module(self) -> nn.Module:
+        return getattr(self.head, "module", self.head)
+
+    def train_step(self, features: Tensor, labels: Tensor) -> Tensor:
+        """One SGD step on detached features; returns the (detached) cross-entropy."""
+        # float32 whatever the autocast: the probe is tiny, and bf16 logits cost accuracy.
+        with torch.autocast(device_type=features.device.type, enabled=False):
+            loss = F.cross_entropy(self.head(features.detach().float()), labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()
+
+    @torch.no_grad()
+    def evaluate(self, backbone: nn.Module, loader, autocast) -> float:
+        """Top-1 over the whole eval split: each rank its own shard, counts summed over ranks.
+
+        The caller puts the backbone in eval mode (BN running statistics) and back.
+        """
+        device = next(self._module.parameters()).device
+        counts = torch.zeros(2, dtype=torch.float64, device=device)  # correct, seen
+        for images, labels in loader:
+            with autocast:
+                features = backbone(images)
+            logits = self._module(features.float())
+            counts[0] += (logits.argmax(dim=1) == labels).sum()
+            counts[1] += labels.numel()
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(counts)
+        return float(counts[0] / counts[1]) if counts[1] > 0 else float("nan")
+
+    def state_dict(self) -> dict:
+        return {"head": self._module.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._module.load_state_dict(state["head"])
+        self.optimizer.load_state_dict(state["optimizer"])

@@ -1,0 +1,257 @@
+"""The Ray Train worker loop: what every data-parallel worker runs (`train_loop`).
+
+Each worker reads its own shard of the training split through the FFCV two-view loader, runs
+both views through the twin network (DDP, via ray.train.torch.prepare_model), and steps LARS on
+the Barlow Twins loss over the GLOBAL batch (harness.loss all-reduces the cross-correlation
+with autograd). The learning rate follows the authors' per-step warm-up + cosine. Per epoch:
+the online probe is evaluated, metrics go to `ray.train.report` (and, from rank 0, to
+TensorBoard and metrics.jsonl), and every `run.checkpoint_every` epochs rank 0 attaches a
+checkpoint. A restarted worker group, or a run started again under the same name, resumes
+from Ray's latest checkpoint at the same optimizer step, with the same data order.
+
+The step itself, the model (SyncBatchNorm on multi-GPU, channels_last and bf16 autocast on
+GPU, float32 on CPU) and LARS are built in harness.step, which needs no Ray.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import resource
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import ray.train
+import ray.train.torch
+import torch
+from torch import nn
+
+from harness.checkpoint import checkpoint_dir_name, load_state, save_state, write_export
+from harness.config import PretrainConfig
+from harness.data import beton_path, eval_loader, two_view_loader, view_grid
+from harness.model import BarlowTwins
+from harness.probe import OnlineProbe
+from harness.run_log import RunLog
+from harness.step import TwinStep, autocast_for, build_model, build_optimizer
+
+__all__ = ["train_loop", "subset_indices"]
+
+# Ray Train V2 tees print() to stdout and its logger (each line shows twice); a logger shows once.
+log = logging.getLogger(__name__)
+# harness.loss needs the autograd-aware all_reduce; its suggested replacement is a private module.
+warnings.filterwarnings("ignore", message="torch.distributed.nn.functional.all_reduce is deprecated")
+
+
+def train_loop(loop_config: dict) -> None:
+    """Ray Train entry point: loop_config = {"config": PretrainConfig.to_dict()}."""
+    _Worker(PretrainConfig.from_dict(loop_config["config"])).run()
+
+
+def subset_indices(data_dir: Path, manifest: dict, subset: str | None) -> np.ndarray | None:
+    """Indices into the train split of a label-subset list written by `harness prep`."""
+    if subset is None:
+        return None
+    text = (data_dir / manifest["subsets"][subset]["file"]).read_text()
+    return np.array([int(line) for line in text.split()], dtype=np.int64)
+
+
+def _eval_indices(count: int, wanted: int | None, seed: int) -> np.ndarray | None:
+    if wanted is None or wanted >= count:
+        return None
+    # Random, not the first `wanted`: prep stores a split sorted by class.
+    return np.sort(np.random.default_rng(seed).choice(count, size=wanted, replace=False))
+
+
+def _seed_epoch(loader, seed: int, rank: int, epoch: int) -> None:
+    """Make epoch `epoch`'s data the same whether the run got here directly or by resuming.
+
+    FFCV orders an epoch by (seed, its epoch counter); the photometric draws come from the
+    loader's BatchAugment generators. Both are set from the epoch instead of carried over.
+    """
+    loader.loader.next_epoch = epoch
+    for i, augment in enumerate(loader.augment):
+        state = np.random.SeedSequence([seed, rank, i, epoch]).generate_state(1)[0]
+        augment.generator.manual_seed(int(state))
+
+
+class _Worker:
+    def __init__(self, cfg: PretrainConfig):
+        self.cfg = cfg
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        # Ray sets OMP_NUM_THREADS from the worker's CPUs; torch's own count is set explicitly.
+        torch.set_num_threads(cfg.workers.cpus_per_worker)
+        self.device = ray.train.torch.get_device()
+        self.on_gpu = self.device.type == "cuda"
+        if self.on_gpu:
+            torch.backends.cudnn.benchmark = True  # fixed input size: pick the fastest kernels
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank (DDP checks)
+        self.run_dir = cfg.run.run_dir
+
+        data_dir = Path(cfg.data.dir)
+        manifest = json.loads((data_dir / "manifest.json").read_text())
+        self.loader = two_view_loader(
+            beton_path(data_dir, cfg.data.train_split), batch_size=cfg.per_worker_batch,
+            resolution=cfg.data.resolution, views=cfg.data.view_augments(), device=self.device,
+            num_workers=cfg.data.loader_workers, seed=cfg.seed,
+            indices=subset_indices(data_dir, manifest, cfg.data.subset),
+            distributed=self.world > 1)
+        checkpoint = ray.train.get_checkpoint()
+        state = None
+        if checkpoint is not None:
+            with checkpoint.as_directory() as directory:
+                state = load_state(directory, map_location=self.device)
+        self.step = state["step"] if state else 0
+        self.start_epoch = state["epoch"] if state else 0
+
+        if self.world > 1 and not self.on_gpu and self.rank == 0:
+            log.warning("CPU workers keep per-worker BatchNorm statistics (torch's "
+                        "SyncBatchNorm is GPU-only); the loss still normalises z over the "
+                        "global batch")
+        self.model = ray.train.torch.prepare_model(
+            build_model(cfg, world_size=self.world, device=self.device, state=state))
+        self.optimizer = build_optimizer(self.model, cfg)
+        if state:
+            self.optimizer.load_state_dict(state["optimizer"])
+
+        self.probe = self.eval_loader = None
+        if cfg.probe.enabled:
+            head = nn.Linear(self._module.feature_dim, len(manifest["classes"]))
+            self.probe = OnlineProbe(ray.train.torch.prepare_model(head), cfg.probe)
+            if state and state["probe"]:
+                self.probe.load_state_dict(state["probe"])
+            self.eval_loader = eval_loader(
+                beton_path(data_dir, cfg.data.eval_split), batch_size=cfg.per_worker_batch,
+                resolution=cfg.data.resolution, device=self.device,
+                num_workers=cfg.data.loader_workers, distributed=self.world > 1,
+                indices=_eval_indices(manifest["splits"][cfg.data.eval_split]["count"],
+                                      cfg.probe.eval_images, cfg.seed))
+
+        self.train_step = TwinStep(self.model, self.optimizer, cfg, probe=self.probe,
+                                   steps_per_epoch=len(self.loader), device=self.device)
+        self.log = RunLog(self.run_dir, resume_step=self.step, enabled=self.rank == 0)
+        if self.step == 0 and self.log.enabled:
+            grid = view_grid(data_dir, resolution=cfg.data.resolution,
+                             views=cfg.data.view_augments(), split=cfg.data.train_split,
+                             seed=cfg.seed)
+            self.log.image("augmentations/original_viewA_viewB", grid, 0)
+            self.log.text("config", "```\n" + json.dumps(cfg.to_dict(), indent=2) + "\n```")
+
+    @property
+    def _module(self) -> BarlowTwins:
+        return getattr(self.model, "module", self.model)
+
+    def run(self) -> None:
+        if self.rank == 0 and self.step:
+            log.info(f"resuming {self.cfg.run.name} at epoch {self.start_epoch}, "
+                     f"step {self.step}")
+        for epoch in range(self.start_epoch, self.cfg.epochs):
+            metrics = self._train_epoch(epoch)
+            if self.probe is not None:
+                metrics.update(self._evaluate_probe())
+            metrics.update(self._memory())
+            self.log.epoch(metrics, self.step)
+            if self.rank == 0:
+                log.info(_summary(metrics, self.cfg.epochs))
+            self._report(metrics, epoch + 1)
+        if self.rank == 0:
+            epochs = max(self.start_epoch, self.cfg.epochs)
+            write_export(self.model, self.cfg.to_dict(), self.run_dir / "export",
+                         step=self.step, epoch=epochs,
+                         source=str(self.run_dir / checkpoint_dir_name(epochs)))
+        self.log.close()
+
+    def _train_epoch(self, epoch: int) -> dict:
+        _seed_epoch(self.loader, self.cfg.seed, self.rank, epoch)
+        self.model.train()
+        sums = torch.zeros(4, device=self.device)  # total, on_diag, off_diag, probe loss
+        steps, wait = 0, 0.0
+        log_every = self.cfg.run.log_every_steps
+        start = time.perf_counter()
+        batches = iter(self.loader)
+        while True:
+            t0 = time.perf_counter()
+            batch = next(batches, None)
+            wait += time.perf_counter() - t0
+            if batch is None:
+                break
+            r = self.train_step(batch.view_a, batch.view_b, batch.label, self.step)
+            sums += torch.stack([r.total, r.on_diag, r.off_diag, r.probe_loss])
+            if self.on_gpu:
+                # Without this, the next next() would also wait for this step's kernels (the
+                # augmentations synchronise), and that time would be misread as data wait.
+                torch.cuda.synchronize(self.device)
+            self.step += 1
+            steps += 1
+            self._maybe_exit_for_test()
+            if log_every and self.step % log_every == 0 and self.log.enabled:
+                self.log.scalars({"step/loss_total": float(r.total),
+                                  "step/lr_weights": r.lrs[0]}, self.step)
+        elapsed = time.perf_counter() - start
+        means = (sums / max(steps, 1)).tolist()
+        images = steps * self.cfg.batch_size
+        lr = {g["name"]: g["lr"] for g in self.optimizer.param_groups}
+        return {
+            "epoch": epoch + 1, "step": self.step,
+            "loss/total": means[0], "loss/on_diag": means[1], "loss/off_diag": means[2],
+            "lr/weights": lr.get("weights", 0.0), "lr/biases": lr.get("biases_and_norm", 0.0),
+            "throughput/images_per_s": images / elapsed,
+            "throughput/images_per_s_per_worker": images / elapsed / self.world,
+            "time/epoch_s": elapsed,
+            "time/data_wait_fraction": wait / elapsed,
+            **({"probe/train_loss": means[3]} if self.probe is not None else {}),
+        }
+
+    def _evaluate_probe(self) -> dict:
+        start = time.perf_counter()
+        self.model.eval()
+        top1 = self.probe.evaluate(self._module.backbone, self.eval_loader,
+                                   autocast_for(self.device))
+        self.model.train()
+        return {"probe/top1": top1, "time/eval_s": time.perf_counter() - start}
+
+    def _memory(self) -> dict:
+        if self.on_gpu:
+            return {"memory/gpu_max_allocated_gb":
+                    torch.cuda.max_memory_allocated(self.device) / 2**30}
+        # ru_maxrss is in KiB on Linux: the worker process's peak resident memory.
+        return {"memory/cpu_max_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+
+    def _report(self, metrics: dict, epochs_done: int) -> None:
+        every = self.cfg.run.checkpoint_every
+        if epochs_done % every and epochs_done != self.cfg.epochs:
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as directory:
+            checkpoint = None
+            if self.rank == 0:
+                probe = self.probe.state_dict() if self.probe is not None else None
+                save_state(directory, model=self.model, optimizer=self.optimizer, probe=probe,
+                           step=self.step, epoch=epochs_done, config=self.cfg.to_dict())
+                checkpoint = ray.train.Checkpoint.from_directory(directory)
+            ray.train.report(metrics, checkpoint=checkpoint,
+                             checkpoint_dir_name=checkpoint_dir_name(epochs_done))
+
+    def _maybe_exit_for_test(self) -> None:
+        """Test-only failure injection: the last rank dies once, at run.debug_exit_at_step."""
+        target = self.cfg.run.debug_exit_at_step
+        if target is None or self.step != target or self.rank != self.world - 1:
+            return
+        marker = self.run_dir / f"debug_exit_at_step_{target}.done"
+        if marker.exists():  # a restarted worker group passes this step again: die only once
+            return
+        marker.write_text(f"rank {self.rank} exited at step {target}\n")
+        log.warning(f"debug_exit_at_step={target}: rank {self.rank} exits now")
+        os._exit(1)
+
+
+def _summary(m: dict, epochs: int) -> str:
+    probe = f" probe top-1 {m['probe/top1']:.3f}" if "probe/top1" in m else ""
+    return (f"epoch {m['epoch']}/{epochs} step {m['step']}: loss {m['loss/total']:.4g} "
+            f"(on-diag {m['loss/on_diag']:.4g}, off-diag {m['loss/off_diag']:.4g}){probe}, "
+            f"{m['throughput/images_per_s']:.1f} images/s, "
+            f"data wait {100 * m['time/data_wait_fraction']:.1f}%, {m['time/epoch_s']:.1f} s")

@@ -1,0 +1,184 @@
+"""Real Ray Train runs on the CPU: 2 workers, a CIFAR-10 subset, one local Ray for the module.
+
+One run of 3 epochs has a worker killed at step 9 (mid-epoch 2) by the test-only hook; Ray
+replaces the worker group and it resumes from the epoch-1 checkpoint. The same run name is
+then started again with 4 epochs: it resumes at the saved step 18. Every test reads what those
+two runs left behind (their results are captured as each run ends).
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from harness.ray_runtime import start_ray  # first: Ray's environment before `import ray`
+
+import ray  # noqa: E402
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+
+from data_prep import prepare  # noqa: E402
+from harness.checkpoint import STATE_FILE, checkpoint_dir_name, export_checkpoint  # noqa: E402
+from harness.config import ConfigError, load_config  # noqa: E402
+from harness.model import build_backbone, build_projector  # noqa: E402
+from harness.optim import lr_at  # noqa: E402
+from harness.pretrain import pretrain  # noqa: E402
+from harness.run_log import read_metrics  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+STEPS_PER_EPOCH = 6          # 400 images / 2 workers = 200 each; 32 per worker; drop_last
+KILL_AT = 9                  # mid-epoch 2, after the epoch-1 checkpoint
+EPOCH_TAGS = {"loss/total", "loss/on_diag", "loss/off_diag", "lr/weights", "lr/biases",
+              "throughput/images_per_s", "time/epoch_s", "time/data_wait_fraction",
+              "probe/top1", "memory/cpu_max_rss_gb"}
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    with pytest.MonkeyPatch.context() as mp:
+        # ray.train.report waits for the controller's poll (2 s by default) once per epoch.
+        mp.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+        mp.delenv("RAY_ADDRESS", raising=False)
+        started = start_ray(num_cpus=2)
+        yield
+        if started:
+            ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def tiny_yaml(cifar_folder, tmp_path_factory) -> Path:
+    data = tmp_path_factory.mktemp("cifar_ffcv")
+    prepare(str(cifar_folder), data, write_mode="raw", num_workers=2, progress=False)
+    path = tmp_path_factory.mktemp("experiments") / "tiny.yaml"
+    # The CPU recipe, smaller: 16 px crops (a small-stem ResNet-18 step costs 4x at 32 px).
+    path.write_text(f"""\
+base: {EXPERIMENTS / 'cifar10_cpu.yaml'}
+batch_size: 64
+epochs: 3
+warmup_epochs: 1
+data: {{dir: {data}, subset: null, resolution: 16}}
+model: {{projector: 128-128}}
+run:
+  storage_path: {tmp_path_factory.mktemp('runs')}
+  checkpoint_every: 1
+  keep_checkpoints: 2
+  log_every_steps: 2
+  max_failures: 2
+""")
+    return path
+
+
+def _tensorboard(run_dir: Path) -> dict:
+    acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0, "images": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    return {"scalars": {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in tags["scalars"]},
+            "images": tags["images"], "text": tags["tensors"]}
+
+
+def _snapshot(cfg, result) -> dict:
+    run_dir = cfg.run.run_dir
+    return {"cfg": cfg, "result": result, "metrics": read_metrics(run_dir),
+            "tensorboard": _tensorboard(run_dir),
+            "checkpoints": sorted(p.name for p in run_dir.glob("checkpoint_epoch*"))}
+
+
+@pytest.fixture(scope="module")
+def killed_run(local_ray, tiny_yaml) -> dict:
+    cfg = load_config(tiny_yaml, [f"run.debug_exit_at_step={KILL_AT}"], name="tiny")
+    return _snapshot(cfg, pretrain(cfg))
+
+
+@pytest.fixture(scope="module")
+def resumed_run(killed_run, tiny_yaml) -> dict:
+    cfg = load_config(tiny_yaml, ["epochs=4"], name="tiny")
+    return _snapshot(cfg, pretrain(cfg))
+
+
+def _lr(step: int, epochs: int, cfg) -> float:
+    return lr_at(step, total_steps=epochs * STEPS_PER_EPOCH, warmup_steps=STEPS_PER_EPOCH,
+                 base_lr=cfg.optimizer.lr_weights * cfg.batch_size / 256)
+
+
+def test_killed_worker_is_replaced_and_the_run_finishes(killed_run):
+    cfg, result = killed_run["cfg"], killed_run["result"]
+    assert (cfg.run.run_dir / f"debug_exit_at_step_{KILL_AT}.done").is_file()  # it did die
+    assert result.error is None and result.metrics["epoch"] == 3
+    # Each epoch once, at the steps of an uninterrupted run: the new worker group resumed from
+    # the epoch-1 checkpoint at step 6, and what the dead attempt logged after it is gone.
+    metrics = killed_run["metrics"]
+    assert [(m["epoch"], m["step"]) for m in metrics] == [(1, 6), (2, 12), (3, 18)]
+    assert metrics[1]["lr/weights"] == pytest.approx(_lr(11, 3, cfg))
+
+
+def test_loss_falls(killed_run):
+    losses = [m["loss/total"] for m in killed_run["metrics"]]
+    assert losses[-1] < 0.85 * losses[0], losses
+    probe = [m["probe/top1"] for m in killed_run["metrics"]]
+    assert all(0.0 <= p <= 1.0 for p in probe)
+
+
+def test_checkpoints_are_written_and_the_last_kept(killed_run):
+    assert killed_run["checkpoints"] == [checkpoint_dir_name(2), checkpoint_dir_name(3)]
+    cfg = killed_run["cfg"]
+    state = torch.load(cfg.run.run_dir / checkpoint_dir_name(3) / STATE_FILE, weights_only=True)
+    assert (state["step"], state["epoch"]) == (18, 3)
+    assert state["config"] == cfg.to_dict()
+    assert set(state["probe"]) == {"head", "optimizer"} and state["optimizer"]["state"]
+    assert any(k.startswith("backbone.") for k in state["model"])
+    assert not any(k.startswith("module.") for k in state["model"])  # saved without DDP
+
+
+def test_tensorboard_has_every_metric_once_per_step(killed_run):
+    tb = killed_run["tensorboard"]
+    assert EPOCH_TAGS <= set(tb["scalars"])
+    assert [step for step, _ in tb["scalars"]["loss/total"]] == [6, 12, 18]
+    # Logged every 2 steps; the killed attempt's step 8 was purged and logged again once.
+    assert [step for step, _ in tb["scalars"]["step/loss_total"]] == list(range(2, 19, 2))
+    assert tb["images"] == ["augmentations/original_viewA_viewB"]
+    lines = {k for m in killed_run["metrics"] for k in m}
+    assert EPOCH_TAGS <= lines  # metrics.jsonl holds the same names
+
+
+def test_a_resumed_run_starts_at_the_saved_step(resumed_run):
+    cfg, result = resumed_run["cfg"], resumed_run["result"]
+    assert result.metrics["epoch"] == 4 and result.metrics["step"] == 24
+    metrics = resumed_run["metrics"]
+    assert [(m["epoch"], m["step"]) for m in metrics] == [(1, 6), (2, 12), (3, 18), (4, 24)]
+    # The schedule went on from step 18, with the new length (4 epochs).
+    assert metrics[3]["lr/weights"] == pytest.approx(_lr(23, 4, cfg))
+    assert [s for s, _ in resumed_run["tensorboard"]["scalars"]["loss/total"]] == [6, 12, 18, 24]
+    launches = (cfg.run.run_dir / "launches.jsonl").read_text().splitlines()
+    assert [json.loads(line)["config"]["epochs"] for line in launches] == [3, 4]
+
+
+def test_export_loads_into_torchvision(resumed_run, tmp_path):
+    run_dir = resumed_run["cfg"].run.run_dir
+    exported = torch.load(run_dir / "export" / "backbone.pt")
+    backbone, _ = build_backbone("resnet18", small_image_stem=True)
+    backbone.load_state_dict(exported)  # strict: every key, fc removed on both sides
+    # torchvision's own resnet18, given the same 3x3 stem: only fc is missing.
+    resnet = torchvision.models.resnet18()
+    resnet.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+    result = resnet.load_state_dict(exported, strict=False)
+    assert sorted(result.missing_keys) == ["fc.bias", "fc.weight"] and not result.unexpected_keys
+    build_projector(512, "128-128").load_state_dict(torch.load(run_dir / "export" / "projector.pt"))
+    info = json.loads((run_dir / "export" / "export.json").read_text())
+    assert (info["epoch"], info["step"], info["small_image_stem"]) == (4, 24, True)
+    # `harness export` of the final checkpoint writes the same weights.
+    again = export_checkpoint(run_dir / checkpoint_dir_name(4), tmp_path / "again")
+    for key, value in torch.load(again / "backbone.pt").items():
+        assert torch.equal(value, exported[key]), key
+
+
+def test_resuming_with_another_model_is_refused_before_training(resumed_run, tiny_yaml):
+    run_dir = resumed_run["cfg"].run.run_dir
+    launches = (run_dir / "launches.jsonl").read_text()
+    cfg = load_config(tiny_yaml, ["model.projector=64-64", "epochs=5"], name="tiny")
+    with pytest.raises(ConfigError, match=r"^model\.projector: .*trained with"):
+        pretrain(cfg)
+    assert (run_dir / "launches.jsonl").read_text() == launches  # no trainer was launched
