@@ -22,7 +22,9 @@ from ffcv.fields import RGBImageField
 from . import images
 from .beton import write_beton
 from .errors import PrepError
-from .manifest import FORMAT_VERSION, commit, current_manifest, fingerprint_of, versions
+from harness.provenance import library_versions
+
+from .manifest import FORMAT_VERSION, commit, current_manifest, fingerprint_of
 from .sources import SPLITS, open_source
 from .subsets import SUBSET_FRACTIONS, label_subset, stratified_split
 
@@ -151,7 +153,7 @@ def prepare(source: str | Sequence[str], out: Path, *, max_resolution: int | Non
             "options": options.recorded(),
             "skipped": skipped,
             "ignored_files": len(listing.ignored),
-            "versions": versions(),
+            "versions": library_versions(),
             "seconds": round(time.monotonic() - started, 3),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }

@@ -7,8 +7,6 @@ preparation: a folder without one (or whose files no longer match it) is not pre
 import hashlib
 import json
 import os
-import platform
-from importlib import metadata
 from pathlib import Path
 
 from .errors import PrepError
@@ -22,17 +20,6 @@ def fingerprint_of(source_sha256: str, options: dict) -> str:
     """What the outputs depend on: the source's checksum, the options and the file format."""
     key = {"format_version": FORMAT_VERSION, "source_sha256": source_sha256, "options": options}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
-
-
-def versions() -> dict:
-    # ffcv 1.0.2 still reports __version__ == "0.0.3rc1"; the installed distribution knows better.
-    found = {"python": platform.python_version()}
-    for dist in ("ffcv", "numpy", "pillow", "torch", "torchvision"):
-        try:
-            found[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            found[dist] = None
-    return found
 
 
 def output_files(manifest: dict) -> dict[str, int]:

@@ -18,7 +18,6 @@ import os
 import platform
 import subprocess
 import time
-from importlib import metadata
 from pathlib import Path
 
 from harness.ray_runtime import start_ray  # first: sets Ray's environment before `import ray`
@@ -30,6 +29,7 @@ from ray.train.torch import TorchTrainer  # noqa: E402
 
 from harness.checkpoint import latest_checkpoint  # noqa: E402
 from harness.config import ConfigError, PretrainConfig, load_config  # noqa: E402
+from harness.provenance import library_versions  # noqa: E402
 from harness.train import train_loop  # noqa: E402
 
 __all__ = ["pretrain", "pretrain_command", "check_resume", "check_local_resources", "provenance"]
@@ -79,17 +79,11 @@ def _gpu_names() -> list[str]:
 
 def provenance(cfg: PretrainConfig, address: str | None) -> dict:
     """What a result needs beside it: time, config, versions, git revision, hardware."""
-    versions = {"python": platform.python_version()}
-    for dist in ("torch", "torchvision", "ray", "ffcv", "numpy"):
-        try:
-            versions[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            versions[dist] = None
     git = subprocess.run(["git", "-C", str(_REPO), "describe", "--always", "--dirty"],
                          capture_output=True, text=True)
     return {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "address": address or "local",
-        "git": git.stdout.strip() or None, "versions": versions,
+        "git": git.stdout.strip() or None, "versions": library_versions(),
         "hardware": {"machine": platform.machine(), "cpus": os.cpu_count(), "gpus": _gpu_names()},
         "config": cfg.to_dict(),
     }
