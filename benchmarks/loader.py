@@ -1,18 +1,29 @@
-"""Loader benchmark: the FFCV two-view loader against torchvision ImageFolder + DataLoader.
+"""Loader benchmark: the FFCV two-view loader's photometric paths against torchvision.
 
-Both sides make the same two Barlow Twins views (crop, flip, jitter, grayscale, blur,
-solarization, normalisation) with the same worker count and batch size. One pass is
-excluded as warm-up (FFCV's numba compilation and the page cache; torchvision's worker
-start), then the median images/s of repeated timed passes is reported, with the machine
-and library versions. Run from the repository root:
+Four loaders make the same two Barlow Twins views with the same worker count and batch size:
+  - torchvision: ImageFolder + DataLoader, PIL transforms per image in worker processes;
+  - FFCV + numba: the photometric augmentations as numba kernels inside FFCV's pipeline,
+    on its threads (photometric="ffcv", the CPU default);
+  - FFCV + torch: the same augmentations as batched tensor ops after the batch leaves FFCV,
+    here on the CPU in the consuming thread (photometric="torch", the GPU default);
+  - FFCV decode only: crop + flip, uint8, no photometric augmentations (FFCV's own share).
+The loaders take turns pass by pass (one warm-up pass each, then --passes timed ones), so
+other load on the machine hits all of them alike; each pass starts a fresh epoch and stops it
+(workers, FFCV's thread) outside the timed region. Reported: the median images/s (pairs of
+views) ± half the range. Compile time is reported apart: numba's first compile of the
+photometric kernels (into an empty cache: later processes load them from disk), and each FFCV
+loader's first batch (its pipeline compile). Run from the repository root:
 
     .venv/bin/python benchmarks/loader.py [--datasets ../shared/datasets] [--passes 3]
 """
 
 import argparse
+import atexit
 import os
 import platform
+import shutil
 import statistics
+import subprocess
 import sys
 import tarfile
 import tempfile
@@ -20,14 +31,24 @@ import time
 from importlib.metadata import version
 from pathlib import Path
 
-import torch
-import torchvision.transforms as T
-from torch.utils.data import DataLoader
-from torchvision.datasets import ImageFolder
+# An empty numba cache, so the kernels' compile time below is what a first run pays.
+_NUMBA_CACHE = tempfile.mkdtemp(prefix="bt-loader-bench-numba-")
+atexit.register(shutil.rmtree, _NUMBA_CACHE, ignore_errors=True)
+os.environ["NUMBA_CACHE_DIR"] = _NUMBA_CACHE
 
-from data_prep import prepare
-from harness.data import CIFAR_VIEWS, IMAGENET_VIEWS, ViewAugment, two_view_loader
-from harness.data.augment import MEAN, STD, blur_kernel_size
+import numpy as np  # noqa: E402
+
+import torch  # noqa: E402
+import torchvision.transforms as T  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+from torchvision.datasets import ImageFolder  # noqa: E402
+
+from data_prep import prepare  # noqa: E402
+from harness.data import CIFAR_VIEWS, IMAGENET_VIEWS, ViewAugment, two_view_loader  # noqa: E402
+from harness.data.augment import MEAN, STD, blur_kernel_size  # noqa: E402
+from harness.data.ffcv_augment import NO_OP, augment_batch  # noqa: E402
+
+LOADERS = ("torchvision", "ffcv_numba", "ffcv_torch", "ffcv_decode")
 
 
 def torchvision_view(view: ViewAugment, resolution: int) -> T.Compose:
@@ -53,21 +74,37 @@ class TwoViews:
         return self.a(image), self.b(image)
 
 
-def timed_passes(make_iter, batches: int, passes: int) -> tuple[float, list[float]]:
-    """Seconds of the warm-up pass, and images/s of each timed pass of `batches` batches."""
-    rates, warmup = [], 0.0
-    for p in range(passes + 1):
-        start, seen = time.perf_counter(), 0
-        for i, batch in enumerate(make_iter()):
-            seen += batch[0].shape[0]
-            if i + 1 == batches:
-                break
-        elapsed = time.perf_counter() - start
-        if p == 0:
-            warmup = elapsed
-        else:
-            rates.append(seen / elapsed)
-    return warmup, rates
+def torchvision_pairs(loader: DataLoader):
+    iterator = iter(loader)
+    try:
+        for (view_a, view_b), _ in iterator:
+            yield view_a, view_b
+    finally:
+        # Stop the workers now: left to the garbage collector, they would go on with their
+        # prefetched batches while the next loader is timed.
+        iterator._shutdown_workers()
+
+
+def timed_pass(make_iter, batches: int) -> float:
+    """Seconds for `batches` batches of a fresh epoch; the epoch is stopped after the clock."""
+    iterator = make_iter()
+    start = time.perf_counter()
+    for i, _ in enumerate(iterator):
+        if i + 1 == batches:
+            break
+    elapsed = time.perf_counter() - start
+    iterator.close()
+    return elapsed
+
+
+def kernel_compile_seconds() -> float:
+    """numba's compile of the photometric kernels, on a tiny batch (the cache is empty)."""
+    n = 2
+    start = time.perf_counter()
+    augment_batch(np.zeros((n, 8, 8, 3), np.uint8), np.full((n, 4), NO_OP),
+                  np.ones((n, 4), np.float32),
+                  np.zeros(n, bool), np.zeros(n, np.float32), np.zeros(n, bool), 3, 2)
+    return time.perf_counter() - start
 
 
 def unpack(archive: Path, dest: Path) -> Path:
@@ -76,31 +113,40 @@ def unpack(archive: Path, dest: Path) -> Path:
     return dest
 
 
-def bench_dataset(name, train_archive, resolution, views, write_mode, args, work: Path):
-    folder = unpack(train_archive, work / name / "folder")
-    beton_dir = work / name / "ffcv"
+def bench_dataset(name, folder: Path, resolution, views, write_mode, args, work: Path):
+    beton_dir = work / f"{name}-{write_mode}"
     prepare(str(folder), beton_dir, write_mode=write_mode, num_workers=args.workers,
             progress=False)
-    split_root = folder / "train"
     batches = args.batches_32 if resolution <= 64 else args.batches_224
 
-    ffcv = two_view_loader(beton_dir / "train.beton", batch_size=args.batch, resolution=resolution,
-                           views=views, num_workers=args.workers, device="cpu")
-    start = time.perf_counter()
-    next(iter(ffcv))
-    compile_s = time.perf_counter() - start
-    ffcv_warm, ffcv_rates = timed_passes(lambda: iter(ffcv), batches, args.passes)
-
-    tv = DataLoader(ImageFolder(str(split_root), transform=TwoViews(views, resolution)),
-                    batch_size=args.batch, shuffle=True, num_workers=args.workers,
-                    drop_last=True, persistent_workers=True)
-    tv_warm, tv_rates = timed_passes(lambda: ((a, b) for (a, b), _ in tv), batches, args.passes)
-    return {
-        "dataset": name, "res": resolution, "mode": write_mode, "images": batches * args.batch,
-        "ffcv": statistics.median(ffcv_rates), "ffcv_spread": _spread(ffcv_rates),
-        "tv": statistics.median(tv_rates), "tv_spread": _spread(tv_rates),
-        "compile_s": compile_s, "ffcv_warm_s": ffcv_warm, "tv_warm_s": tv_warm,
-    }
+    first_batch_s, ffcv = {}, {}
+    for path in ("ffcv", "torch"):
+        start = time.perf_counter()
+        ffcv[path] = two_view_loader(beton_dir / "train.beton", batch_size=args.batch,
+                                     resolution=resolution, views=views, num_workers=args.workers,
+                                     device="cpu", photometric=path)
+        timed_pass(lambda: iter(ffcv[path]), 1)
+        first_batch_s[path] = time.perf_counter() - start
+    tv = DataLoader(ImageFolder(str(folder / "train"), transform=TwoViews(views, resolution)),
+                    batch_size=args.batch, shuffle=True, num_workers=args.workers, drop_last=True)
+    make_iter = {"torchvision": lambda: torchvision_pairs(tv),
+                 "ffcv_numba": lambda: iter(ffcv["ffcv"]),
+                 "ffcv_torch": lambda: iter(ffcv["torch"]),
+                 "ffcv_decode": lambda: ffcv["torch"]._batches()}
+    seconds = {k: [] for k in LOADERS}
+    for p in range(args.passes + 1):
+        order = LOADERS[p % len(LOADERS):] + LOADERS[:p % len(LOADERS)]
+        print(f"    pass {p} of {args.passes}{' (warm-up)' if p == 0 else ''}", file=sys.stderr,
+              flush=True)
+        for k in order:
+            seconds[k].append(timed_pass(make_iter[k], batches))
+    images = batches * args.batch
+    rates = {k: [images / t for t in v[1:]] for k, v in seconds.items()}
+    return {"dataset": name, "res": resolution, "mode": write_mode, "images": images,
+            "rate": {k: statistics.median(v) for k, v in rates.items()},
+            "spread": {k: _spread(v) for k, v in rates.items()},
+            "warmup_s": {k: v[0] for k, v in seconds.items()},
+            "first_batch_s": first_batch_s}
 
 
 def _spread(rates: list[float]) -> float:
@@ -125,6 +171,25 @@ def versions() -> str:
         f", python {platform.python_version()}"
 
 
+def revision() -> str:
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, text=True,
+                             capture_output=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=repo, text=True,
+                               capture_output=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return rev + (" + uncommitted changes" if dirty else "")
+
+
+def load_average() -> str:
+    try:
+        return ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     repo = Path(__file__).resolve().parents[1]
@@ -134,31 +199,54 @@ def main() -> int:
     parser.add_argument("--passes", type=int, default=3, help="timed passes after one warm-up")
     parser.add_argument("--batches-32", type=int, default=40, help="batches per pass at 32 px")
     parser.add_argument("--batches-224", type=int, default=6, help="batches per pass at 224 px")
+    parser.add_argument("--torch-threads", type=int, default=os.cpu_count(),
+                        help="torch's intra-op threads (the batched tensor ops' share)")
     parser.add_argument("--only", choices=("cifar10", "imagenette"), default=None)
     args = parser.parse_args()
+    # Importing FFCV leaves torch on one thread; a training process sets its own count.
+    torch.set_num_threads(args.torch_threads)
     datasets = Path(args.datasets)
 
     plan = [("cifar10", datasets / "cifar10" / "train.tar.gz", 32, CIFAR_VIEWS, "raw"),
             ("cifar10", datasets / "cifar10" / "train.tar.gz", 32, CIFAR_VIEWS, "jpg"),
             ("imagenette", datasets / "imagenette" / "train.tar.gz", 224, IMAGENET_VIEWS, "jpg")]
+    load_before = load_average()
+    compile_s = kernel_compile_seconds()
     rows = []
     with tempfile.TemporaryDirectory(prefix="bt-loader-bench-") as tmp:
+        folders = {}
         for name, archive, res, views, mode in plan:
             if args.only and name != args.only:
                 continue
+            if name not in folders:
+                folders[name] = unpack(archive, Path(tmp) / name)
             print(f"... {name} {res} px, FFCV {mode} mode", file=sys.stderr, flush=True)
-            rows.append(bench_dataset(name, archive, res, views, mode, args, Path(tmp) / mode))
+            rows.append(bench_dataset(name, folders[name], res, views, mode, args, Path(tmp)))
 
     print(f"\nTwo-view loader, images/s (pairs of views), batch {args.batch}, "
-          f"{args.workers} workers, median of {args.passes} passes after 1 warm-up pass")
-    print(f"machine: {machine()}\nversions: {versions()}\n")
-    print("| data set | res | FFCV mode | FFCV img/s | torchvision img/s | ratio | "
-          "FFCV compile s | warm-up pass s (FFCV / tv) |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+          f"{args.workers} workers (FFCV threads / DataLoader processes), torch threads "
+          f"{torch.get_num_threads()}; median ± half-range of {args.passes} passes after 1 "
+          f"warm-up pass, the loaders taking turns")
+    print(f"machine: {machine()}; load average before {load_before}, after {load_average()}")
+    print(f"versions: {versions()}; revision {revision()}\n")
+    print("| data set | res | FFCV mode | torchvision | FFCV + numba photometric | "
+          "FFCV + torch photometric (CPU) | FFCV decode + crop + flip only | "
+          "numba vs torchvision | numba vs torch ops |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
-        print(f"| {r['dataset']} | {r['res']} | {r['mode']} | {r['ffcv']:,.0f} ± {r['ffcv_spread']:,.0f} "
-              f"| {r['tv']:,.0f} ± {r['tv_spread']:,.0f} | {r['ffcv'] / r['tv']:.1f}x "
-              f"| {r['compile_s']:.1f} | {r['ffcv_warm_s']:.1f} / {r['tv_warm_s']:.1f} |")
+        cells = " | ".join(f"{r['rate'][k]:,.0f} ± {r['spread'][k]:,.0f}" for k in LOADERS)
+        print(f"| {r['dataset']} | {r['res']} | {r['mode']} | {cells} "
+              f"| {r['rate']['ffcv_numba'] / r['rate']['torchvision']:.1f}x "
+              f"| {r['rate']['ffcv_numba'] / r['rate']['ffcv_torch']:.1f}x |")
+    print(f"\nCompile and warm-up, seconds. numba's first compile of the photometric kernels "
+          f"(empty cache; cached on disk after): {compile_s:.1f}")
+    print("| data set | res | FFCV mode | first batch: FFCV + numba / FFCV + torch | "
+          "warm-up pass: torchvision / numba / torch / decode only |")
+    print("| --- | --- | --- | --- | --- |")
+    for r in rows:
+        warm = " / ".join(f"{r['warmup_s'][k]:.1f}" for k in LOADERS)
+        print(f"| {r['dataset']} | {r['res']} | {r['mode']} "
+              f"| {r['first_batch_s']['ffcv']:.1f} / {r['first_batch_s']['torch']:.1f} | {warm} |")
     return 0
 
 

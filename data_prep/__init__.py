@@ -5,8 +5,14 @@ subsets of the train split and `out/manifest.json`; `read_manifest(out)` reads a
 preparation back. Every bad input raises `PrepError` with a message that says what to do.
 """
 
-from .convert import prepare
-from .errors import PrepError
-from .manifest import read_manifest
+import torch
+
+# ffcv's import sets torch to one thread (its Compiler's default): keep the caller's count.
+_TORCH_THREADS = torch.get_num_threads()
+from .convert import prepare  # noqa: E402
+from .errors import PrepError  # noqa: E402
+from .manifest import read_manifest  # noqa: E402
+
+torch.set_num_threads(_TORCH_THREADS)
 
 __all__ = ["PrepError", "prepare", "read_manifest"]

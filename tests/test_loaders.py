@@ -6,6 +6,7 @@ builds each kind of loader once and the tests share them.
 
 import json
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +18,12 @@ from PIL import Image
 
 from data_prep import prepare
 from harness.cli import main as cli_main
-from harness.data import (CIFAR_VIEWS, eval_loader, labelled_loader, two_view_loader)
+from ffcv.loader.epoch_iterator import EpochIterator
+
+from harness.data import (CIFAR_VIEWS, ViewAugment, eval_loader, labelled_loader, two_view_loader)
 from harness.data.augment import MEAN, STD
+from harness.data.ffcv_augment import PhotometricAugment
+from harness.data.loaders import photometric_path
 
 pytestmark = pytest.mark.slow
 
@@ -80,6 +85,32 @@ def test_two_views_differ_from_the_source(two_view_batches, cifar_folder):
     sources = torch.from_numpy(np.stack(sources)).permute(0, 3, 1, 2).float() / 255
     nearest = torch.cdist(view_a.flatten(1), sources.flatten(1)).min(dim=1).values
     assert (nearest > 1.0).all(), "an augmented view equals a stored image"
+
+
+def test_photometric_ops_run_inside_ffcv_on_the_cpu(prepared):
+    """Forced grayscale (view A) and solarization (view B): the numba operation is in the pipeline."""
+    off = dict(jitter_p=0.0, grayscale_p=0.0, blur_p=0.0, solarize_p=0.0)
+    views = (ViewAugment(**{**off, "grayscale_p": 1.0}), ViewAugment(**{**off, "solarize_p": 1.0}))
+    loader = two_view_loader(prepared / "train.beton", batch_size=32, resolution=32, views=views,
+                             num_workers=2, device="cpu")
+    assert loader.photometric == "ffcv"
+    assert all(isinstance(a, PhotometricAugment) for a in loader.augment)
+    batches = loader.raw_batches()
+    view_a, view_b, _ = next(batches)
+    assert torch.equal(view_a[:, 0], view_a[:, 1]) and torch.equal(view_a[:, 1], view_a[:, 2])
+    assert view_b.max() <= 127 / 255 + 1e-6  # every level >= 128 was inverted
+    # Leaving an epoch early stops FFCV's thread instead of leaving it blocked on its queue.
+    batches.close()
+    assert not [t for t in threading.enumerate() if isinstance(t, EpochIterator)]
+
+
+def test_photometric_path_choice(prepared):
+    assert photometric_path("auto", torch.device("cpu")) == "ffcv"
+    assert photometric_path("auto", torch.device("cuda", 0)) == "torch"
+    assert photometric_path("torch", torch.device("cpu")) == "torch"
+    with pytest.raises(ValueError, match="photometric='numba'"):  # before any compile
+        two_view_loader(prepared / "train.beton", batch_size=8, resolution=32, views=CIFAR_VIEWS,
+                        device="cpu", photometric="numba")
 
 
 def test_eval_loader_returns_every_image_once_exactly(prepared, source_images):

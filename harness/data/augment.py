@@ -1,21 +1,25 @@
-"""The photometric half of the Barlow Twins augmentations, batched, each sample its own draw.
+"""The photometric half of the Barlow Twins augmentations: each sample its own draw.
 
 FFCV 1.0.2 decodes, random-resized-crops and flips on its worker threads; it has no hue,
-grayscale, blur or solarization. Those run here, on whole batches after the transfer to the
-device (the GPU where there is one), with every random parameter drawn per sample, so that a
-batch sees the same distribution as torchvision applied image by image. The semantics follow
+grayscale, blur or solarization. This module holds what both ways of adding them share: the
+settings of a view (`ViewAugment`) and the per-sample random draws (`draw_params`). Then
+`BatchAugment` applies them to a float batch as batched tensor ops after the transfer to the
+device (the path used on a GPU); `ffcv_augment.PhotometricAugment` applies the same draws
+image by image inside the FFCV pipeline, with numba (the path used on the CPU). Both follow
 torchvision's functional ops (ColorJitter with a random order of its four parts per sample,
-Grayscale with ITU-R 601 weights as torchvision rounds them, GaussianBlur with reflect padding, Solarize at 0.5), and the
-tests compare against them sample by sample.
+Grayscale with ITU-R 601 weights as torchvision rounds them, GaussianBlur with reflect padding,
+Solarize at 0.5), and the tests compare both against them sample by sample.
 """
 
 from dataclasses import dataclass, fields
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["ViewAugment", "BatchAugment", "IMAGENET_VIEWS", "CIFAR_VIEWS", "blur_kernel_size"]
+__all__ = ["ViewAugment", "ViewParams", "BatchAugment", "IMAGENET_VIEWS", "CIFAR_VIEWS",
+           "blur_kernel_size", "draw_params"]
 
 # ImageNet statistics: the convention of every published Barlow Twins evaluation.
 MEAN = (0.485, 0.456, 0.406)
@@ -60,6 +64,11 @@ class ViewAugment:
         if not 0.0 < lo <= hi:
             raise ValueError(f"augmentation blur_sigma={self.blur_sigma}: need 0 < min <= max")
 
+    @property
+    def jitter_strengths(self) -> tuple[float, float, float, float]:
+        """Brightness, contrast, saturation, hue: the order of `ViewParams.factors`; 0 = off."""
+        return (self.brightness, self.contrast, self.saturation, self.hue)
+
 
 # The paper's asymmetric pair: blur always on view A, rarely on B; solarization only on B.
 IMAGENET_VIEWS = (ViewAugment(blur_p=1.0, solarize_p=0.0), ViewAugment(blur_p=0.1, solarize_p=0.2))
@@ -71,6 +80,45 @@ def blur_kernel_size(resolution: int) -> int:
     """Odd kernel of about 10% of the image side (SimCLR's rule; 23 at 224 px), at least 3."""
     k = max(3, int(0.1 * resolution))
     return k if k % 2 else k + 1
+
+
+class ViewParams(NamedTuple):
+    """One batch's random draws, one row per sample (CPU tensors)."""
+
+    jitter: Tensor     # bool (n,): colour jitter applied
+    factors: Tensor    # float (n, 4): brightness, contrast, saturation, hue factors
+    order: Tensor      # long (n, 4): the order of those four adjustments
+    grayscale: Tensor  # bool (n,)
+    blur: Tensor       # bool (n,)
+    sigma: Tensor      # float (n,): the blur's sigma
+    solarize: Tensor   # bool (n,)
+
+
+def draw_params(view: ViewAugment, n: int, generator: torch.Generator) -> ViewParams:
+    """Every random parameter of `n` samples, drawn as torchvision draws them per image.
+
+    A fixed number of draws per batch, whatever the outcomes, so that a seeded generator
+    gives the same stream on either path.
+    """
+    def uniform(lo: float, hi: float) -> Tensor:
+        return torch.rand(n, generator=generator) * (hi - lo) + lo
+
+    def coin(p: float) -> Tensor:
+        return torch.rand(n, generator=generator) < p
+
+    jitter = coin(view.jitter_p) & any(view.jitter_strengths)
+    factors = torch.stack([
+        uniform(max(0.0, 1 - view.brightness), 1 + view.brightness),
+        uniform(max(0.0, 1 - view.contrast), 1 + view.contrast),
+        uniform(max(0.0, 1 - view.saturation), 1 + view.saturation),
+        uniform(-view.hue, view.hue),
+    ], dim=1)
+    # torchvision draws a new order of the four adjustments for every image.
+    order = torch.argsort(torch.rand(n, 4, generator=generator), dim=1)
+    grayscale = coin(view.grayscale_p)
+    sigma = uniform(*view.blur_sigma)
+    blur = coin(view.blur_p)
+    return ViewParams(jitter, factors, order, grayscale, blur, sigma, coin(view.solarize_p))
 
 
 def _gray(x: Tensor) -> Tensor:
@@ -148,40 +196,21 @@ class BatchAugment(torch.nn.Module):
         self.kernel_size = blur_kernel_size(resolution)
         self.generator = torch.Generator().manual_seed(seed)
 
-    def _uniform(self, n: int, lo: float, hi: float) -> Tensor:
-        return torch.rand(n, generator=self.generator) * (hi - lo) + lo
-
-    def _coin(self, n: int, p: float) -> Tensor:
-        return torch.rand(n, generator=self.generator) < p
-
     @torch.no_grad()
     def forward(self, x: Tensor) -> Tensor:
-        v, n = self.view, x.shape[0]
-        strengths = (v.brightness, v.contrast, v.saturation, v.hue)
-        jitter = self._coin(n, v.jitter_p) if any(strengths) else torch.zeros(n, dtype=torch.bool)
-        if jitter.any():
-            factors = torch.stack([
-                self._uniform(n, max(0.0, 1 - v.brightness), 1 + v.brightness),
-                self._uniform(n, max(0.0, 1 - v.contrast), 1 + v.contrast),
-                self._uniform(n, max(0.0, 1 - v.saturation), 1 + v.saturation),
-                self._uniform(n, -v.hue, v.hue),
-            ], dim=1)
-            # torchvision draws a new order of the four adjustments for every image.
-            order = torch.argsort(torch.rand(n, 4, generator=self.generator), dim=1)
+        p = draw_params(self.view, x.shape[0], self.generator)
+        if p.jitter.any():
             for stage in range(4):
-                for op in range(4):
-                    if strengths[op] == 0:
+                for op, strength in enumerate(self.view.jitter_strengths):
+                    if strength == 0:
                         continue
-                    self._apply(x, jitter & (order[:, stage] == op),
+                    self._apply(x, p.jitter & (p.order[:, stage] == op),
                                 lambda s, idx, op=op: _JITTER_OPS[op](s, self._param(
-                                    factors[idx, op], s, op == 3)))
-        self._apply(x, self._coin(n, v.grayscale_p), lambda s, idx: _gray(s).expand_as(s))
-        if v.blur_p > 0:
-            sigma = self._uniform(n, *v.blur_sigma)
-            self._apply(x, self._coin(n, v.blur_p),
-                        lambda s, idx: _gaussian_blur(s, sigma[idx].to(s), self.kernel_size))
-        self._apply(x, self._coin(n, v.solarize_p),
-                    lambda s, idx: torch.where(s >= 0.5, 1.0 - s, s))
+                                    p.factors[idx, op], s, op == 3)))
+        self._apply(x, p.grayscale, lambda s, idx: _gray(s).expand_as(s))
+        self._apply(x, p.blur,
+                    lambda s, idx: _gaussian_blur(s, p.sigma[idx].to(s), self.kernel_size))
+        self._apply(x, p.solarize, lambda s, idx: torch.where(s >= 0.5, 1.0 - s, s))
         return x
 
     @staticmethod

@@ -1,12 +1,16 @@
 """FFCV loaders: the two-view pretraining loader, the labelled training loader, the eval loader.
 
 Each stored image is decoded once per view by FFCV (random-resized crop and flip happen in the
-decoder, on FFCV's threads); the batch goes to the device as uint8 and the photometric
-augmentations (augment.py) run there, per sample. Under a torch process group, every rank
-reads its own shard.
+decoder, on FFCV's threads). The photometric augmentations run where they cost least: on a GPU
+as batched tensor ops after the uint8 batch's transfer (augment.BatchAugment), which leaves
+FFCV's CPU threads to decoding; on the CPU inside the FFCV pipeline as numba kernels on those
+threads (ffcv_augment.PhotometricAugment), several times faster there than eager tensor ops in
+the training thread (benchmarks/loader.py). `photometric=` overrides the choice. Under a
+torch process group, every rank reads its own shard.
 """
 
 import json
+import queue
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, NamedTuple, Sequence
@@ -24,13 +28,16 @@ from ffcv.pipeline import PipelineSpec
 from ffcv.transforms import RandomHorizontalFlip, Squeeze, ToDevice, ToTensor, ToTorchImage
 
 from .augment import BatchAugment, ViewAugment, normalize
+from .ffcv_augment import PhotometricAugment
 
 torch.set_num_threads(_TORCH_THREADS)
 
 __all__ = [
     "TwoViewBatch", "TwoViewLoader", "LabelledLoader", "two_view_loader", "labelled_loader",
-    "eval_loader", "default_center_crop_ratio", "beton_path",
+    "eval_loader", "default_center_crop_ratio", "beton_path", "photometric_path",
 ]
+
+PHOTOMETRIC = ("auto", "ffcv", "torch")
 
 
 class TwoViewBatch(NamedTuple):
@@ -65,6 +72,16 @@ def _device(device: str | torch.device | None) -> torch.device:
     return torch.device(device)
 
 
+def photometric_path(choice: str, device: torch.device) -> str:
+    """Where the photometric augmentations run: 'ffcv' (numba, inside FFCV's pipeline) or
+    'torch' (batched tensor ops after the transfer); 'auto' is 'torch' on a GPU, else 'ffcv'."""
+    if choice not in PHOTOMETRIC:
+        raise ValueError(f"photometric={choice!r}: choose one of {', '.join(PHOTOMETRIC)}")
+    if choice == "auto":
+        return "torch" if device.type == "cuda" else "ffcv"
+    return choice
+
+
 def _world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
@@ -91,10 +108,12 @@ class _LoaderSpec:
         if self.resolution < 8:
             raise ValueError(f"resolution={self.resolution} is too small (>= 8 px)")
 
-    def image_pipeline(self, decoder, flip_p: float | None) -> list:
+    def image_pipeline(self, decoder, flip_p: float | None, augment=None) -> list:
         ops = [decoder]
         if flip_p:
             ops.append(RandomHorizontalFlip(flip_p))
+        if augment is not None:
+            ops.append(augment)  # an FFCV operation on the uint8 images, before ToTensor
         on_gpu = self.device.type == "cuda"
         ops += [ToTensor(), ToDevice(self.device, non_blocking=on_gpu), ToTorchImage(channels_last=on_gpu)]
         return ops
@@ -114,13 +133,35 @@ class _LoaderSpec:
         return loader
 
 
-def _iter_keeping_threads(loader: Loader):
+def _epoch(loader: Loader):
+    """One epoch of FFCV batches, keeping torch's thread count, stopping FFCV's thread on exit."""
     # Loader.__iter__ calls Compiler.set_num_threads(num_workers), which also sets torch's
     # thread count, every epoch: the training step would run on the loader's thread count.
     threads = torch.get_num_threads()
     iterator = iter(loader)
     torch.set_num_threads(threads)
-    return iterator
+    try:
+        yield from iterator
+    finally:
+        _stop(iterator)
+
+
+def _stop(iterator) -> None:
+    """Stop an FFCV epoch's thread now, also when its consumer left the loop early.
+
+    Left alone, the thread runs batches ahead into whatever comes next and then blocks for
+    good on its full queue (EpochIterator's final put has no timeout), holding its buffers.
+    So: no more batches to start (ffcv 1.0.2's iter_ixes), drain the queue until it exits.
+    At most the batch in progress is finished.
+    """
+    iterator.terminate_event.set()
+    iterator.iter_ixes = iter(())
+    while iterator.is_alive():
+        try:
+            iterator.output_queue.get(timeout=0.05)
+        except queue.Empty:
+            pass
+    iterator.close()
 
 
 def _to_float(images: torch.Tensor) -> torch.Tensor:
@@ -132,23 +173,31 @@ def _to_float(images: torch.Tensor) -> torch.Tensor:
 class TwoViewLoader:
     """Yields TwoViewBatch(view_a, view_b, label): two augmented, normalised views per image.
 
+    `photometric` is where colour jitter, grayscale, blur and solarization run ('ffcv' or
+    'torch', see photometric_path); `augment` holds the two views' augmenters (PhotometricAugment
+    operations inside the FFCV pipelines, or BatchAugment modules applied here), each with a
+    seeded torch `generator`. FFCV's own crops and flips draw from numba's unseeded generators.
     Training shards come from FFCV's distributed sampler: a new global shuffle every epoch,
     padded so every rank has the same number of batches (as torch's DistributedSampler).
     """
 
     def __init__(self, spec: _LoaderSpec, views: tuple[ViewAugment, ViewAugment], *,
-                 distributed: bool, drop_last: bool = True):
+                 distributed: bool, drop_last: bool = True, photometric: str = "auto"):
         self.spec = spec
         self.views = views
+        self.photometric = photometric_path(photometric, spec.device)
+        rank, _ = _world()
+        kind = PhotometricAugment if self.photometric == "ffcv" else BatchAugment
+        self.augment = [kind(view, spec.resolution, seed=spec.seed * 1000 + 2 * rank + i)
+                        for i, view in enumerate(views)]
         pipelines = {"label": spec.label_pipeline()}
-        for name, view in zip(("image", "image_b"), views):
+        for name, view, augment in zip(("image", "image_b"), views, self.augment):
             decoder = RandomResizedCropRGBImageDecoder(
                 (spec.resolution, spec.resolution), scale=view.crop_scale, ratio=view.crop_ratio)
-            pipelines[name] = PipelineSpec("image", decoder=decoder,
-                                           transforms=spec.image_pipeline(decoder, view.flip_p)[1:])
-        rank, _ = _world()
-        self.augment = [BatchAugment(view, spec.resolution, seed=spec.seed * 1000 + 2 * rank + i)
-                        for i, view in enumerate(views)]
+            in_ffcv = augment if self.photometric == "ffcv" else None
+            pipelines[name] = PipelineSpec(
+                "image", decoder=decoder,
+                transforms=spec.image_pipeline(decoder, view.flip_p, in_ffcv)[1:])
         self.loader = spec.build(pipelines, order=OrderOption.RANDOM, distributed=distributed,
                                  drop_last=drop_last)
 
@@ -156,18 +205,20 @@ class TwoViewLoader:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[TwoViewBatch]:
-        for image_a, label, image_b in self._batches():
-            yield TwoViewBatch(normalize(self.augment[0](_to_float(image_a))),
-                               normalize(self.augment[1](_to_float(image_b))), label.clone())
+        for view_a, view_b, label in self.raw_batches():
+            yield TwoViewBatch(normalize(view_a), normalize(view_b), label)
 
     def raw_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """(view_a, view_b, label) as augmented floats in [0, 1], before normalisation (for grids)."""
         for image_a, label, image_b in self._batches():
-            yield self.augment[0](_to_float(image_a)), self.augment[1](_to_float(image_b)), label.clone()
+            view_a, view_b = _to_float(image_a), _to_float(image_b)
+            if self.photometric == "torch":
+                view_a, view_b = self.augment[0](view_a), self.augment[1](view_b)
+            yield view_a, view_b, label.clone()
 
     def _batches(self):
-        # FFCV yields the stored fields first (image, label), then the extra pipeline (image_b).
-        return _iter_keeping_threads(self.loader)
+        """FFCV's uint8 batches (image, label, image_b): the stored fields first, then image_b."""
+        return _epoch(self.loader)
 
 
 class LabelledLoader:
@@ -180,19 +231,22 @@ class LabelledLoader:
         return len(self.loader)
 
     def __iter__(self):
-        for images, labels in _iter_keeping_threads(self.loader):
+        for images, labels in _epoch(self.loader):
             yield normalize(_to_float(images)), labels.clone()
 
 
 def two_view_loader(path, *, batch_size: int, resolution: int,
                     views: tuple[ViewAugment, ViewAugment], device=None, num_workers: int = 2,
                     seed: int = 0, indices: Sequence[int] | None = None,
-                    distributed: bool | None = None, drop_last: bool = True) -> TwoViewLoader:
-    """The pretraining loader. distributed=None means: shard when a process group is running."""
+                    distributed: bool | None = None, drop_last: bool = True,
+                    photometric: str = "auto") -> TwoViewLoader:
+    """The pretraining loader. distributed=None means: shard when a process group is running;
+    photometric: 'auto' (numba in FFCV on the CPU, batched tensor ops on a GPU), 'ffcv', 'torch'."""
     spec = _LoaderSpec(Path(path), batch_size, resolution, _device(device), num_workers, seed, indices)
     if distributed is None:
         distributed = _world()[1] > 1
-    return TwoViewLoader(spec, views, distributed=distributed, drop_last=drop_last)
+    return TwoViewLoader(spec, views, distributed=distributed, drop_last=drop_last,
+                         photometric=photometric)
 
 
 def labelled_loader(path, *, batch_size: int, resolution: int, device=None, num_workers: int = 2,
