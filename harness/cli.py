@@ -1,7 +1,6 @@
 """`harness` command line: one subcommand per job (prep, views, pretrain, export; eval, sweep later)."""
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -41,11 +40,12 @@ def _views(args: argparse.Namespace) -> int:
 
 def _stored_resolution(data_dir: Path, split: str) -> int:
     """Train at the stored size, capped at ImageNet's 224."""
-    from harness.data import beton_path
+    from data_prep import read_manifest
 
-    beton_path(data_dir, split)  # the clear error when the folder is not prepared
-    manifest = json.loads((data_dir / "manifest.json").read_text())
-    size = manifest["splits"][split]["image_size"]
+    splits = read_manifest(data_dir)["splits"]
+    if split not in splits:
+        raise ValueError(f"{data_dir} has no '{split}' split; it has: {', '.join(sorted(splits))}")
+    size = splits[split]["image_size"]
     return int(min(224, size["max_height"], size["max_width"]))
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
 import re
 import types
 import typing
@@ -313,15 +312,16 @@ class PretrainConfig(_Section):
 
     def check_data(self) -> dict:
         """Open the prepared data set and check the run against it; returns its manifest."""
+        from data_prep import PrepError, read_manifest
+
         data_dir = Path(self.data.dir)
-        manifest_path = data_dir / "manifest.json"
         if not data_dir.is_dir():
             _fail("data.dir", f"{data_dir} does not exist: run `harness prep SOURCE --out "
                               f"{data_dir}` or point data.dir at a prepared folder")
-        if not manifest_path.is_file():
-            _fail("data.dir", f"{data_dir} holds no manifest.json, so it is not a (finished) "
-                              f"prepared data set: run `harness prep SOURCE --out {data_dir}`")
-        manifest = json.loads(manifest_path.read_text())
+        try:
+            manifest = read_manifest(data_dir)
+        except PrepError as err:
+            _fail("data.dir", str(err))
         for key in ("train_split", "eval_split"):
             split = getattr(self.data, key)
             if split not in manifest["splits"]:

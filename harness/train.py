@@ -30,6 +30,7 @@ import ray.train.torch
 import torch
 from torch import nn
 
+from data_prep import read_manifest
 from harness.checkpoint import checkpoint_dir_name, load_state, save_state, write_export
 from harness.config import PretrainConfig
 from harness.data import beton_path, eval_loader, two_view_loader, view_grid
@@ -93,7 +94,7 @@ class _Worker:
         self.run_dir = cfg.run.run_dir
 
         data_dir = Path(cfg.data.dir)
-        manifest = json.loads((data_dir / "manifest.json").read_text())
+        manifest = read_manifest(data_dir)
         self.loader = two_view_loader(
             beton_path(data_dir, cfg.data.train_split), batch_size=cfg.per_worker_batch,
             resolution=cfg.data.resolution, views=cfg.data.view_augments(), device=self.device,

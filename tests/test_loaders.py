@@ -5,7 +5,6 @@ builds each kind of loader once and the tests share them.
 """
 
 import json
-import os
 import threading
 from pathlib import Path
 

@@ -9,7 +9,6 @@ the training thread (benchmarks/loader.py). `photometric=` overrides the choice.
 torch process group, every rank reads its own shard.
 """
 
-import json
 import queue
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,14 +51,15 @@ def default_center_crop_ratio(resolution: int) -> float:
 
 
 def beton_path(data_dir: Path | str, split: str) -> Path:
-    """The .beton of one split of a `harness prep` output, with a clear error when absent."""
+    """The .beton of one split of a `harness prep` output, with a clear error when absent.
+
+    data_prep.read_manifest does the checking: a folder without a manifest, or whose files no
+    longer match it, is not prepared (PrepError, saying to run `harness prep`).
+    """
+    from data_prep import read_manifest
+
     data_dir = Path(data_dir)
-    manifest = data_dir / "manifest.json"
-    if not manifest.is_file():
-        raise FileNotFoundError(
-            f"{data_dir} holds no prepared data set (no manifest.json): run "
-            f"`harness prep SOURCE --out {data_dir}` first")
-    splits = json.loads(manifest.read_text())["splits"]
+    splits = read_manifest(data_dir)["splits"]
     if split not in splits:
         raise ValueError(f"{data_dir} has no '{split}' split; it has: {', '.join(sorted(splits))}")
     return data_dir / splits[split]["file"]
