@@ -98,6 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="a checkpoint folder, its state.pt, or a run folder (newest)")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=_export)
+
+    p = sub.add_parser("report", help="a sweep's results table, ablation figures and TensorBoard")
+    p.add_argument("run_dir", help="a sweep folder (<storage_path>/<name>), finished or running")
+    p.add_argument("--metric", default=None,
+                   help="column that picks the best row, e.g. linear/top1 (default: the sweep's "
+                        "metric, else the first evaluation's primary metric)")
+    p.add_argument("--out", default=None, help="report folder (default RUN_DIR/report; rewritten)")
+    p.set_defaults(func=_report)
     return parser
 
 
@@ -110,6 +118,11 @@ def _pretrain(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from harness.checkpoint import export_command
     return export_command(args)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from harness.report import report_command
+    return report_command(args)
 
 
 def main(argv: list[str] | None = None) -> int:

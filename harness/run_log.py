@@ -24,11 +24,16 @@ METRICS_FILE = "metrics.jsonl"
 
 
 def read_metrics(run_dir: Path | str) -> list[dict]:
-    """The epoch records of a run, oldest first."""
+    """The epoch records of a run, oldest first.
+
+    A last line without its newline is being appended (or was cut by a crash): left out.
+    """
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    text = path.read_text()
+    complete = text[:text.rfind("\n") + 1]
+    return [json.loads(line) for line in complete.splitlines() if line.strip()]
 
 
 class RunLog:

@@ -1,0 +1,91 @@
+"""The paper's ablation figures from a sweep: accuracy against lambda, batch size, projector width.
+
+One figure per swept parameter that takes more than one value among the finished trials; one
+line per evaluation (its primary metric), the mean over every trial at that x with the std over
+the rest (other parameters and seeds) as error bars; the random-init baseline of the same
+evaluation as a dashed line of the same colour.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+# A bare Figure renders with Agg and leaves pyplot's global state (and backend) alone.
+from matplotlib.figure import Figure
+
+from harness.results import metric_value
+
+__all__ = ["Axis", "AXES", "ablation_figures"]
+
+
+def projector_width(spec: str) -> int:
+    """The output width of a projector spec "a-b-c": the paper's x axis in its width ablation."""
+    return int(str(spec).split("-")[-1])
+
+
+@dataclass(frozen=True)
+class Axis:
+    key: str              # the swept config key
+    file: str             # figure file stem
+    label: str
+    log_base: int
+    value: Callable = float
+
+
+AXES = (Axis("loss.lambd", "accuracy_vs_lambda", "λ (off-diagonal weight)", 10),
+        Axis("batch_size", "accuracy_vs_batch_size", "batch size", 2, int),
+        Axis("model.projector", "accuracy_vs_projector_width", "projector output width", 2,
+             projector_width))
+
+
+def ablation_figures(trials: list[dict], baselines: dict, primaries: list[str],
+                     out_dir: Path) -> list[Path]:
+    """Write one PNG per varying axis into out_dir; returns their paths."""
+    finished = [t for t in trials if t["status"] == "ok" and t["evals"]]
+    paths = []
+    for axis in AXES:
+        xs = {axis.value(t["params"][axis.key]) for t in finished if axis.key in t["params"]}
+        if len(xs) > 1:
+            paths.append(_figure(axis, finished, baselines, primaries, out_dir))
+    return paths
+
+
+def _figure(axis: Axis, trials: list[dict], baselines: dict, primaries: list[str],
+            out_dir: Path) -> Path:
+    fig = Figure(figsize=(5.5, 4), dpi=120)
+    ax = fig.subplots()
+    all_x = set()
+    for i, column in enumerate(primaries):
+        by_x: dict = {}
+        for t in trials:
+            value = metric_value(t["evals"], column)
+            if axis.key in t["params"] and value is not None:
+                by_x.setdefault(axis.value(t["params"][axis.key]), []).append(100 * value)
+        if not by_x:
+            continue
+        x = sorted(by_x)
+        all_x.update(x)
+        means = [statistics.fmean(by_x[v]) for v in x]
+        stds = [statistics.stdev(by_x[v]) if len(by_x[v]) > 1 else 0.0 for v in x]
+        colour = f"C{i}"
+        ax.errorbar(x, means, yerr=stds, color=colour, marker="o", capsize=3, label=column)
+        baseline = metric_value(baselines, column)
+        if baseline is not None:
+            ax.axhline(100 * baseline, color=colour, linestyle="--", linewidth=1,
+                       label=f"{column}, random init")
+    ax.set_xscale("log", base=axis.log_base)
+    ticks = sorted(all_x)
+    ax.set_xticks(ticks, [f"{v:g}" for v in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel(axis.label)
+    ax.set_ylabel("primary metric: top-1 (%)")
+    ax.set_title(f"Accuracy vs {axis.label.split(' (')[0]} (mean ± std)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = out_dir / f"{axis.file}.png"
+    fig.savefig(path)
+    return path

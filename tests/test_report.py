@@ -1,0 +1,258 @@
+"""harness.results and `harness report`: the sweep layout, the golden table, figures, TensorBoard.
+
+The golden sweep (tests/data/sweep_golden/) is a hand-written record of a lambda x projector
+grid on CIFAR-10: two seeds on two points, one trial failed with a NaN loss, one stopped by
+ASHA, and random-init baselines. Its report must match tests/data/sweep_golden_results.md to the
+character. After an intended change of the report's format, regenerate the expected file with
+
+    BT_REGEN_GOLDEN=1 .venv/bin/python -m pytest tests/test_report.py -k golden
+
+and review the diff before committing it.
+"""
+
+import csv
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from harness.cli import main as cli_main
+from harness.results import (metric_columns, read_baselines, read_sweep, read_trials,
+                             write_json_atomic, write_trial)
+from harness.run_log import RunLog
+
+DATA = Path(__file__).parent / "data"
+GOLDEN = DATA / "sweep_golden"
+EXPECTED_MD = DATA / "sweep_golden_results.md"
+
+
+@pytest.fixture
+def sweep(tmp_path) -> Path:
+    return Path(shutil.copytree(GOLDEN, tmp_path / "sweep"))
+
+
+def _report(run_dir: Path, *extra: str) -> int:
+    return cli_main(["report", str(run_dir), *extra])
+
+
+def test_report_matches_golden_markdown(sweep, capsys):
+    assert _report(sweep) == 0
+    markdown = (sweep / "report" / "results.md").read_text()
+    if os.environ.get("BT_REGEN_GOLDEN"):
+        EXPECTED_MD.write_text(markdown)
+    assert markdown == EXPECTED_MD.read_text()
+    printed = capsys.readouterr().out
+    assert "Best by `knn/k200_top1`: t0004 ★" in printed
+    assert "failed: loss is NaN at epoch 2 (step 17)" in printed
+
+
+def test_figures_and_csv(sweep):
+    assert _report(sweep) == 0
+    report = sweep / "report"
+    # lambda and projector width vary; batch size is swept over a single value: no figure.
+    pngs = sorted(p.name for p in report.glob("*.png"))
+    assert pngs == ["accuracy_vs_lambda.png", "accuracy_vs_projector_width.png"]
+    for name in pngs:
+        with Image.open(report / name) as image:
+            image.verify()
+            assert image.format == "PNG"
+    with (report / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 9 + 1  # every trial, then the random-init baseline
+    assert list(rows[0]) == [
+        "trial_id", "status", "error", "loss.lambd", "model.projector", "batch_size", "seed",
+        "linear/top1", "linear/top5", "knn/k200_top1", "knn/k200_top5", "knn/k20_top1",
+        "knn/k20_top5", "epochs", "steps", "time_s", "images_per_s", "loss", "probe_top1", "best"]
+    best = [r["trial_id"] for r in rows if r["best"] == "1"]
+    assert best == ["t0004"]
+    assert rows[-1]["trial_id"] == "random-init" and float(rows[-1]["linear/top1"]) == 0.2843
+    assert rows[5]["error"] == "loss is NaN at epoch 2 (step 17)" and rows[5]["linear/top1"] == ""
+
+
+def _tensorboard_app(logdir: Path):
+    """TensorBoard's own WSGI app (plugins, multiplexer, data provider) over logdir."""
+    from tensorboard import default, program
+    from tensorboard.backend import application
+    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
+    from werkzeug.test import Client
+
+    tb = program.TensorBoard(plugins=default.get_plugins())
+    tb.configure(argv=[None, "--logdir", str(logdir)])
+    multiplexer = plugin_event_multiplexer.EventMultiplexer()
+    multiplexer.AddRunsFromDirectory(str(logdir))
+    multiplexer.Reload()
+    provider = data_provider.MultiplexerDataProvider(multiplexer, str(logdir))
+    return Client(application.TensorBoardWSGIApp(tb.flags, tb.plugin_loaders, provider,
+                                                 tb.assets_zip_provider, multiplexer))
+
+
+def _post(client, path: str, body: dict) -> dict:
+    response = client.post(path, data=json.dumps(body), content_type="application/json")
+    assert response.status_code == 200, response.get_data()
+    return json.loads(response.get_data())
+
+
+def _get(client, path: str):
+    response = client.get(path)
+    assert response.status_code == 200, response.get_data()
+    return json.loads(response.get_data())
+
+
+def test_tensorboard_shows_hparams_scalars_and_images(sweep):
+    for trial_id, loss in (("t0000", 611.2), ("t0004", 5650.4)):
+        log = RunLog(sweep / "trials" / trial_id / "pretrain", resume_step=0, enabled=True)
+        log.epoch({"epoch": 1, "step": 4, "loss/total": loss}, step=4)
+        log.close()
+    assert _report(sweep) == 0
+    client = _tensorboard_app(sweep)
+
+    runs = _get(client, "/data/runs")
+    assert {"trials/t0000/pretrain/tensorboard", "trials/t0004/pretrain/tensorboard",
+            "report/tensorboard/figures"} <= set(runs)
+    scalars = _get(client, "/data/plugin/scalars/tags")
+    assert "loss/total" in scalars["trials/t0004/pretrain/tensorboard"]
+    images = _get(client, "/data/plugin/images/tags")["report/tensorboard/figures"]
+    assert set(images) == {"ablation/accuracy_vs_lambda", "ablation/accuracy_vs_projector_width"}
+
+    experiment = _post(client, "/data/plugin/hparams/experiment", {"experimentName": ""})
+    assert {h["name"] for h in experiment["hparamInfos"]} == \
+        {"loss.lambd", "model.projector", "batch_size", "seed", "status"}
+    assert {"linear/top1", "knn/k200_top1", "train/probe_top1"} <= \
+        {m["name"]["tag"] for m in experiment["metricInfos"]}
+    groups = _post(client, "/data/plugin/hparams/session_groups", {
+        "experimentName": "", "startIndex": 0, "sliceSize": 100, "colParams": [],
+        "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE",
+                            "STATUS_RUNNING"]})["sessionGroups"]
+    by_name = {g["name"]: g for g in groups}
+    trials = {t["trial_id"]: t for t in read_trials(sweep)}
+    assert set(by_name) == set(trials)
+    for trial_id, trial in trials.items():
+        group = by_name[trial_id]
+        assert group["hparams"]["status"] == trial["status"]
+        assert group["hparams"]["model.projector"] == trial["params"]["model.projector"]
+        assert group["hparams"]["loss.lambd"] == pytest.approx(trial["params"]["loss.lambd"])
+        values = {m["name"]["tag"]: m["value"] for m in group.get("metricValues", [])}
+        for name, record in trial["evals"].items():
+            for key, value in record["metrics"].items():
+                assert values[f"{name}/{key}"] == pytest.approx(value, rel=1e-6)
+    assert not any(k.startswith(("linear/", "knn/"))
+                   for k in (m["name"]["tag"] for m in by_name["t0005"].get("metricValues", [])))
+
+
+def _metrics_line(epoch: int) -> str:
+    return json.dumps({"epoch": epoch, "step": 4 * epoch, "loss/total": 900.0 / epoch,
+                       "throughput/images_per_s": 24.0 + epoch, "time/epoch_s": 20.0,
+                       "time/eval_s": 2.0, "probe/top1": 0.1 * epoch}) + "\n"
+
+
+def test_running_trial_read_from_metrics(sweep, capsys):
+    """A trial with no trial.json yet: params from its launch record, train from the last
+    complete metrics line (a line still being appended is left out)."""
+    pretrain = sweep / "trials" / "t0009" / "pretrain"
+    pretrain.mkdir(parents=True)
+    (pretrain / "metrics.jsonl").write_text(_metrics_line(1) + _metrics_line(2) + '{"epoch": 3, "st')
+    config = {"batch_size": 128, "seed": 2, "loss": {"lambd": 0.0051},
+              "model": {"projector": "512-2048"}}
+    (pretrain / "launches.jsonl").write_text(json.dumps({"config": config}) + "\n")
+
+    running = read_trials(sweep)[-1]
+    assert running["trial_id"] == "t0009" and running["status"] == "running"
+    assert running["params"] == {"loss.lambd": 0.0051, "model.projector": "512-2048",
+                                 "batch_size": 128, "seed": 2}
+    assert running["train"] == {"epochs": 2, "steps": 8, "time_s": 44.0, "images_per_s": 26.0,
+                                "loss": 450.0, "probe_top1": 0.2}
+    assert _report(sweep) == 0
+    assert "running (epoch 2)" in capsys.readouterr().out
+
+
+def test_running_trial_json_refreshed_from_metrics(tmp_path):
+    write_trial(tmp_path, {"trial_id": "t0000", "params": {"seed": 0}, "status": "running",
+                           "error": None, "train": {}, "evals": {}})
+    pretrain = tmp_path / "trials" / "t0000" / "pretrain"
+    pretrain.mkdir()
+    (pretrain / "metrics.jsonl").write_text(_metrics_line(1) + _metrics_line(2) + _metrics_line(3))
+    assert read_trials(tmp_path)[0]["train"]["epochs"] == 3
+
+
+def test_half_written_trial_json_names_the_file(sweep, capsys):
+    path = sweep / "trials" / "t0003" / "trial.json"
+    path.write_text(path.read_text()[:100])
+    with pytest.raises(ValueError, match="t0003/trial.json is not valid JSON"):
+        read_trials(sweep)
+    assert _report(sweep) == 2
+    assert "t0003/trial.json" in capsys.readouterr().err
+
+
+def test_trial_json_with_unknown_status(tmp_path):
+    write_json_atomic(tmp_path / "trials" / "t0000" / "trial.json",
+                      {"trial_id": "t0000", "status": "done"})
+    with pytest.raises(ValueError, match="status 'done' is not one of"):
+        read_trials(tmp_path)
+
+
+def test_write_and_read_round_trip(tmp_path):
+    record = {"trial_id": "t0001", "params": {"loss.lambd": 0.005, "seed": 1}, "status": "ok",
+              "error": None, "train": {"epochs": 1},
+              "evals": {"semi-1pct": {"name": "semi-1pct", "protocol": "semi", "primary": "top1",
+                                      "metrics": {"top5": 0.5, "top1": 0.2}}}}
+    write_trial(tmp_path, record)
+    write_trial(tmp_path, {**record, "trial_id": "t0000"})
+    write_json_atomic(tmp_path / "sweep.json", {"name": "s"})
+    assert [t["trial_id"] for t in read_trials(tmp_path)] == ["t0000", "t0001"]
+    assert read_trials(tmp_path)[1] == record
+    assert read_sweep(tmp_path) == {"name": "s"}
+    assert read_baselines(tmp_path) == {}
+    # No temporary file is left beside the records.
+    assert sorted(p.name for p in (tmp_path / "trials" / "t0001").iterdir()) == ["trial.json"]
+    assert metric_columns(read_trials(tmp_path)) == ["semi-1pct/top1", "semi-1pct/top5"]
+
+
+def test_metric_order_follows_protocols():
+    def trial(*evals):
+        return {"evals": {name: {"name": name, "protocol": protocol, "primary": primary,
+                                 "metrics": {primary: 0.1, "top5": 0.2}}
+                          for name, protocol, primary in evals}}
+
+    trials = [trial(("transfer-tiny", "transfer", "top1"), ("knn", "knn", "k200_top1")),
+              trial(("linear", "linear", "top1"))]
+    assert metric_columns(trials) == ["linear/top1", "linear/top5", "knn/k200_top1", "knn/top5",
+                                      "transfer-tiny/top1", "transfer-tiny/top5"]
+
+
+def test_empty_sweep_says_so(tmp_path, capsys):
+    write_json_atomic(tmp_path / "sweep.json", {"name": "empty", "space": {}})
+    assert _report(tmp_path) == 1
+    assert "has no trials yet" in capsys.readouterr().err
+    assert not (tmp_path / "report").exists()
+
+
+def test_not_a_sweep(tmp_path, capsys):
+    assert _report(tmp_path) == 2
+    assert "is not a sweep folder" in capsys.readouterr().err
+    assert _report(tmp_path / "missing") == 2
+    assert "no such folder" in capsys.readouterr().err
+
+
+def test_metric_option(sweep, capsys):
+    assert _report(sweep, "--metric", "linear/top9") == 2
+    assert "choose one of: linear/top1" in capsys.readouterr().err
+    assert _report(sweep, "--metric", "linear/top5") == 0
+    assert "Best by `linear/top5`: t0004" in capsys.readouterr().out
+
+
+def test_report_is_replaced_whole(sweep, tmp_path):
+    assert _report(sweep) == 0
+    shutil.rmtree(sweep / "trials" / "t0008")
+    assert _report(sweep) == 0
+    assert not (sweep / "report" / "tensorboard" / "hparams" / "t0008").exists()
+    assert sorted(p.name for p in sweep.iterdir()) == ["baseline", "report", "sweep.json",
+                                                       "trials"]
+    # --out never deletes a folder that is not a report.
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "keep.txt").write_text("mine")
+    assert _report(sweep, "--out", str(other)) == 2
+    assert (other / "keep.txt").read_text() == "mine"
