@@ -84,6 +84,7 @@ def write_export(model: nn.Module, config: dict, out: Path | str, *, step: int, 
                     "; conv1 is the 3x3 small-image stem: build the model with "
                     "harness.model.build_backbone(arch, small_image_stem=True)"
                     if m["small_image_stem"] else ""),
+        "config": config,  # the training config: evaluation reads the data set and resolution
     }
     (out / "export.json").write_text(json.dumps(info, indent=2) + "\n")
     return out

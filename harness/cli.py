@@ -1,4 +1,7 @@
-"""`harness` command line: one subcommand per job (prep, views, pretrain, export; eval, sweep later)."""
+"""`harness` command line: one subcommand per job.
+
+prep, views, pretrain, export, eval, sweep, report.
+"""
 
 import argparse
 import sys
@@ -99,6 +102,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=_export)
 
+    p = sub.add_parser("eval", help="evaluate a checkpoint: linear, knn, semi, transfer")
+    p.add_argument("checkpoint", help="a checkpoint folder, its state.pt, a run folder (newest "
+                                      "checkpoint) or an export folder")
+    p.add_argument("--protocol", nargs="+", required=True, metavar="P",
+                   help="one or more of: linear, knn, semi, transfer")
+    p.add_argument("--data", default=None, help="a `harness prep` folder (linear, knn, semi)")
+    p.add_argument("--transfer", nargs="+", default=[], metavar="DIR",
+                   help="other `harness prep` folders for the transfer protocol")
+    p.add_argument("--config", default=None,
+                   help="a YAML file of evaluation settings (the keys of EvalSettings)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
+                   help="an evaluation setting, e.g. linear_mode=paper, test_images=1000")
+    p.add_argument("--resolution", type=int, default=None,
+                   help="evaluate at this many pixels (default: the training resolution)")
+    p.add_argument("--arch", default=None, help="fail unless the checkpoint holds this backbone")
+    p.add_argument("--out", default=None, help="folder of the JSON records")
+    p.add_argument("--no-baseline", action="store_true",
+                   help="skip the randomly initialised reference backbone")
+    p.set_defaults(func=_eval)
+
+    p = sub.add_parser("sweep", help="a Ray Tune sweep of pretraining configs, each trial evaluated")
+    p.add_argument("config", help="a sweep file, e.g. experiments/sweep_cifar10_demo.yaml")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the sweep in its folder (running the command again does too); "
+                        "fails if there is none")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="set a pretraining config key on every trial, e.g. epochs=2; repeatable")
+    p.add_argument("--name", default=None, help="sweep name (default: the file's `name`)")
+    p.add_argument("--storage", default=None, help="folder of sweeps (default: the file's "
+                                                   "storage_path, else runs/sweeps)")
+    p.add_argument("--address", default=None,
+                   help="join this Ray cluster (default: start a local instance on 127.0.0.1)")
+    p.set_defaults(func=_sweep)
+
     p = sub.add_parser("report", help="a sweep's results table, ablation figures and TensorBoard")
     p.add_argument("run_dir", help="a sweep folder (<storage_path>/<name>), finished or running")
     p.add_argument("--metric", default=None,
@@ -118,6 +155,16 @@ def _pretrain(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from harness.checkpoint import export_command
     return export_command(args)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from harness.evaluation.command import eval_command
+    return eval_command(args)
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from harness.sweep import sweep_command
+    return sweep_command(args)
 
 
 def _report(args: argparse.Namespace) -> int:

@@ -27,6 +27,7 @@ import yaml
 
 from harness.data import VIEW_PRESETS, ViewAugment
 from harness.model import ARCHS, parse_projector
+from harness.optim import LR_SCALING
 
 __all__ = [
     "ConfigError", "DataConfig", "ModelConfig", "LossConfig", "OptimizerConfig", "ProbeConfig",
@@ -181,6 +182,7 @@ class OptimizerConfig(_Section):
     eta: float = 0.001                         # LARS trust coefficient; solo-learn CIFAR: 0.02
     momentum: float = 0.9
     end_lr_factor: float = 0.001               # cosine decays to this fraction of the peak
+    lr_scaling: str = "linear"                 # peak lr from the batch: linear | sqrt | none
 
     def __post_init__(self):
         self._check_types()
@@ -192,6 +194,10 @@ class OptimizerConfig(_Section):
             _fail(self._key("lr_biases" if self.lr_biases < 0 else "weight_decay"), "must be >= 0")
         if not 0 <= self.momentum < 1:
             _fail(self._key("momentum"), f"must lie in [0, 1), got {self.momentum}")
+        if self.lr_scaling not in LR_SCALING:
+            _fail(self._key("lr_scaling"), f"{self.lr_scaling!r}: choose one of "
+                                           f"{', '.join(LR_SCALING)} (lr x batch/256, "
+                                           "x sqrt(batch/256), or as given)")
         if not 0 <= self.end_lr_factor <= 1:
             _fail(self._key("end_lr_factor"), f"must lie in [0, 1], got {self.end_lr_factor}")
 

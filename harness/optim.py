@@ -15,7 +15,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-__all__ = ["LARS", "param_groups", "scaled_lr", "lr_at", "apply_lr_schedule"]
+__all__ = ["LARS", "LR_SCALING", "param_groups", "scaled_lr", "lr_at", "apply_lr_schedule"]
 
 
 class LARS(torch.optim.Optimizer):
@@ -95,13 +95,23 @@ def param_groups(module: nn.Module, *, lr_weights: float, lr_biases: float,
     return [g for g in groups if g["params"]]
 
 
-def scaled_lr(base: float, batch_size: int, reference: int = 256) -> float:
-    """Linear scaling rule: base * batch_size / reference (the paper's lr is per 256 images)."""
+LR_SCALING = ("linear", "sqrt", "none")
+
+
+def scaled_lr(base: float, batch_size: int, reference: int = 256, rule: str = "linear") -> float:
+    """The peak learning rate for `batch_size` from one given per `reference` images.
+
+    linear (the paper's rule): base * batch / reference; sqrt: base * sqrt(batch / reference);
+    none: base whatever the batch.
+    """
     if not base >= 0:
         raise ValueError(f"base lr must be >= 0, got {base}")
     if batch_size < 1 or reference < 1:
         raise ValueError(f"batch_size and reference must be >= 1, got {batch_size}, {reference}")
-    return base * batch_size / reference
+    if rule not in LR_SCALING:
+        raise ValueError(f"lr scaling rule {rule!r}: choose one of {', '.join(LR_SCALING)}")
+    ratio = batch_size / reference
+    return base * {"linear": ratio, "sqrt": ratio ** 0.5, "none": 1.0}[rule]
 
 
 def lr_at(step: int, *, total_steps: int, warmup_steps: int, base_lr: float,

@@ -15,9 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
-import time
 from pathlib import Path
 
 from harness.ray_runtime import start_ray  # first: sets Ray's environment before `import ray`
@@ -29,13 +26,10 @@ from ray.train.torch import TorchTrainer  # noqa: E402
 
 from harness.checkpoint import latest_checkpoint  # noqa: E402
 from harness.config import ConfigError, PretrainConfig, load_config  # noqa: E402
-from harness.provenance import library_versions  # noqa: E402
+from harness.provenance import record_provenance  # noqa: E402
 from harness.train import train_loop  # noqa: E402
 
-__all__ = ["pretrain", "pretrain_command", "check_resume", "check_local_resources", "provenance"]
-
-_REPO = Path(__file__).resolve().parents[1]
-
+__all__ = ["pretrain", "build_trainer", "record_launch", "pretrain_command", "check_resume", "check_local_resources", "provenance"]
 
 def check_resume(cfg: PretrainConfig) -> Path | None:
     """The run's newest checkpoint, after checking it was made by the same model."""
@@ -67,26 +61,37 @@ def check_local_resources(cfg: PretrainConfig) -> None:
                           "workers.use_gpu=false or lower workers.num_workers")
 
 
-def _gpu_names() -> list[str]:
-    # nvidia-smi, not torch.cuda: the driver would otherwise hold a CUDA context on GPU 0.
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return []
-    return [line.strip() for line in out.stdout.splitlines() if line.strip()]
-
-
 def provenance(cfg: PretrainConfig, address: str | None) -> dict:
     """What a result needs beside it: time, config, versions, git revision, hardware."""
-    git = subprocess.run(["git", "-C", str(_REPO), "describe", "--always", "--dirty"],
-                         capture_output=True, text=True)
-    return {
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "address": address or "local",
-        "git": git.stdout.strip() or None, "versions": library_versions(),
-        "hardware": {"machine": platform.machine(), "cpus": os.cpu_count(), "gpus": _gpu_names()},
-        "config": cfg.to_dict(),
-    }
+    return {**record_provenance(), "address": address or "local", "config": cfg.to_dict()}
+
+
+def record_launch(cfg: PretrainConfig, address: str | None) -> None:
+    """One line per launch (first start and every resume) in the run's launches.jsonl."""
+    run_dir = cfg.run.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with (run_dir / "launches.jsonl").open("a") as f:
+        f.write(json.dumps(provenance(cfg, address)) + "\n")
+
+
+def build_trainer(cfg: PretrainConfig, callbacks=()) -> TorchTrainer:
+    """The run's TorchTrainer: ScalingConfig from `workers`, RunConfig from `run`."""
+    w = cfg.workers
+    return TorchTrainer(
+        train_loop,
+        train_loop_config={"config": cfg.to_dict()},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=w.num_workers, use_gpu=w.use_gpu,
+            resources_per_worker={"CPU": w.cpus_per_worker, **({"GPU": 1} if w.use_gpu else {})}),
+        run_config=ray.train.RunConfig(
+            name=cfg.run.name, storage_path=cfg.run.storage_path,
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
+            # INFO would print every report of every rank with all its metrics; the
+            # worker loop logs one summary line per epoch instead.
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
+            callbacks=list(callbacks)),
+    )
 
 
 def pretrain(cfg: PretrainConfig, address: str | None = None) -> ray.train.Result:
@@ -97,27 +102,8 @@ def pretrain(cfg: PretrainConfig, address: str | None = None) -> ray.train.Resul
         check_local_resources(cfg)
     started = start_ray(address)
     try:
-        run_dir = cfg.run.run_dir
-        run_dir.mkdir(parents=True, exist_ok=True)
-        # One record per launch (first start and every resume): config, versions, hardware.
-        with (run_dir / "launches.jsonl").open("a") as f:
-            f.write(json.dumps(provenance(cfg, address)) + "\n")
-        w = cfg.workers
-        trainer = TorchTrainer(
-            train_loop,
-            train_loop_config={"config": cfg.to_dict()},
-            scaling_config=ray.train.ScalingConfig(
-                num_workers=w.num_workers, use_gpu=w.use_gpu,
-                resources_per_worker={"CPU": w.cpus_per_worker, **({"GPU": 1} if w.use_gpu else {})}),
-            run_config=ray.train.RunConfig(
-                name=cfg.run.name, storage_path=cfg.run.storage_path,
-                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),
-                failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
-                # INFO would print every report of every rank with all its metrics; the
-                # worker loop logs one summary line per epoch instead.
-                logging_config=ray.train.LoggingConfig(log_level="WARNING")),
-        )
-        return trainer.fit()
+        record_launch(cfg, address)
+        return build_trainer(cfg).fit()
     finally:
         if started:
             ray.shutdown()

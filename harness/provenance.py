@@ -1,11 +1,16 @@
-"""What every result records beside it: the versions of the libraries that produced it."""
+"""What every result records beside it: library versions, git revision, hardware."""
 
+import os
 import platform
+import subprocess
+import time
 from importlib import metadata
+from pathlib import Path
 
-__all__ = ["DISTRIBUTIONS", "library_versions"]
+__all__ = ["DISTRIBUTIONS", "library_versions", "git_revision", "hardware", "record_provenance"]
 
 DISTRIBUTIONS = ("torch", "torchvision", "ray", "ffcv", "numpy", "numba", "pillow")
+_REPO = Path(__file__).resolve().parents[1]
 
 
 def library_versions(distributions=DISTRIBUTIONS) -> dict:
@@ -18,3 +23,35 @@ def library_versions(distributions=DISTRIBUTIONS) -> dict:
         except metadata.PackageNotFoundError:
             found[dist] = None
     return found
+
+
+def git_revision() -> str | None:
+    """`git describe --always --dirty` of the project's checkout, or None outside one."""
+    try:
+        out = subprocess.run(["git", "-C", str(_REPO), "describe", "--always", "--dirty"],
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None
+
+
+def _gpu_names() -> list[str]:
+    # nvidia-smi, not torch.cuda: the caller would otherwise hold a CUDA context on GPU 0.
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [line.strip() for line in out.stdout.splitlines() if line.strip()]
+
+
+def hardware() -> dict:
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"machine": platform.machine(), "processor": platform.processor() or None,
+            "cpus": cpus, "gpus": _gpu_names(), "host": platform.node()}
+
+
+def record_provenance() -> dict:
+    """Time, versions, git revision and hardware: the part every record shares."""
+    return {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "git": git_revision(),
+            "versions": library_versions(), "hardware": hardware()}

@@ -41,7 +41,7 @@ def _local_env() -> dict[str, str]:
 
 
 def start_ray(address: str | None = None, *, num_cpus: int | None = None,
-              num_gpus: int | None = None) -> bool:
+              num_gpus: int | None = None, resources: dict[str, float] | None = None) -> bool:
     """Start (or join, with `address`) Ray for this process; True if this call started it.
 
     When Ray is already initialised in this process (a test module's instance, a sweep's
@@ -54,7 +54,7 @@ def start_ray(address: str | None = None, *, num_cpus: int | None = None,
         # Set in this process before the local instance starts: raylet and workers inherit it.
         os.environ.update(_local_env())
         ray.init(address="local", include_dashboard=False, num_cpus=num_cpus,
-                 num_gpus=num_gpus, runtime_env=runtime_env)
+                 num_gpus=num_gpus, resources=resources, runtime_env=runtime_env)
     else:
         env = {k: os.environ.get(k, v) for k, v in WORKER_ENV.items()}
         ray.init(address=address, runtime_env={**runtime_env, "env_vars": env})

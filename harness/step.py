@@ -52,9 +52,10 @@ def build_model(cfg: PretrainConfig, *, world_size: int, device: torch.device,
 
 def build_optimizer(model: nn.Module, cfg: PretrainConfig) -> LARS:
     o = cfg.optimizer
-    # The paper's rates are per 256 images: scale by the GLOBAL batch.
-    groups = param_groups(model, lr_weights=scaled_lr(o.lr_weights, cfg.batch_size),
-                          lr_biases=scaled_lr(o.lr_biases, cfg.batch_size),
+    # The paper's rates are per 256 images: scale by the GLOBAL batch (optimizer.lr_scaling).
+    groups = param_groups(model, lr_weights=scaled_lr(o.lr_weights, cfg.batch_size,
+                                                      rule=o.lr_scaling),
+                          lr_biases=scaled_lr(o.lr_biases, cfg.batch_size, rule=o.lr_scaling),
                           weight_decay=o.weight_decay)
     return LARS(groups, lr=0.0, weight_decay=o.weight_decay, momentum=o.momentum, eta=o.eta)
 

@@ -107,6 +107,7 @@ class _Worker:
             with checkpoint.as_directory() as directory:
                 state = load_state(directory, map_location=self.device)
         self.step = state["step"] if state else 0
+        self.diverged: str | None = None
         self.start_epoch = state["epoch"] if state else 0
 
         if self.world > 1 and not self.on_gpu and self.rank == 0:
@@ -152,6 +153,13 @@ class _Worker:
                      f"step {self.step}")
         for epoch in range(self.start_epoch, self.cfg.epochs):
             metrics = self._train_epoch(epoch)
+            if self.diverged:
+                # Reported, not raised: a restart from the last checkpoint would diverge again.
+                if self.rank == 0:
+                    log.warning(f"{self.cfg.run.name}: {self.diverged}; the run stops")
+                ray.train.report({**metrics, "failed": self.diverged})
+                self.log.close()
+                return
             if self.probe is not None:
                 metrics.update(self._evaluate_probe())
             metrics.update(self._memory())
@@ -181,6 +189,13 @@ class _Worker:
             if batch is None:
                 break
             r = self.train_step(batch.view_a, batch.view_b, batch.label, self.step)
+            if not torch.isfinite(r.total):
+                # Every rank computes the loss from the same all-reduced cross-correlation, so
+                # all of them stop here together.
+                self.diverged = (f"loss is {float(r.total)} at epoch {epoch + 1} "
+                                 f"(step {self.step + 1})")
+                batches.close()  # stops FFCV's epoch thread (harness.data.loaders._epoch)
+                break
             sums += torch.stack([r.total, r.on_diag, r.off_diag, r.probe_loss])
             if self.on_gpu:
                 # Without this, the next next() would also wait for this step's kernels (the

@@ -80,3 +80,13 @@ def tiny_imagenet_folder(tmp_path_factory, shared_datasets) -> Path:
     extract_subset(shared_datasets / "tiny-imagenet-val" / "val.tar.gz", dest, per_class=6,
                    max_classes=5)
     return dest
+
+
+@pytest.fixture(scope="session")
+def cifar_prepared(cifar_folder, tmp_path_factory) -> Path:
+    """`cifar_folder` through `harness prep` (raw pixels): treat as read-only, tests share it."""
+    from data_prep import prepare
+
+    out = tmp_path_factory.mktemp("cifar_prepared")
+    prepare(str(cifar_folder), out, write_mode="raw", num_workers=2, progress=False)
+    return out

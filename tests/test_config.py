@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from data_prep import prepare
 from harness.config import ConfigError, PretrainConfig, load_config, parse_overrides
 
 REPO = Path(__file__).resolve().parents[1]
@@ -17,10 +16,8 @@ EXPERIMENTS = REPO / "experiments"
 
 
 @pytest.fixture(scope="module")
-def prepared(cifar_folder, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("cifar_ffcv")
-    prepare(str(cifar_folder), out, write_mode="raw", num_workers=2, progress=False)
-    return out
+def prepared(cifar_prepared) -> Path:
+    return cifar_prepared
 
 
 def cpu_recipe(prepared: Path, *overrides: str, **kwargs) -> PretrainConfig:
@@ -29,12 +26,21 @@ def cpu_recipe(prepared: Path, *overrides: str, **kwargs) -> PretrainConfig:
                        [f"data.dir={prepared}", "data.subset=null", *overrides], **kwargs)
 
 
-@pytest.mark.parametrize("path", sorted(EXPERIMENTS.glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(set(EXPERIMENTS.glob("*.yaml")) -
+                                        set(EXPERIMENTS.glob("sweep_*.yaml"))), ids=lambda p: p.name)
 def test_every_experiment_file_loads_and_validates(path):
     cfg = load_config(path, check_data=False)
     assert cfg.run.name == path.stem
     assert Path(cfg.data.dir).is_absolute() and Path(cfg.run.storage_path).is_absolute()
     assert PretrainConfig.from_dict(cfg.to_dict()) == cfg  # what workers and checkpoints rebuild
+
+
+@pytest.mark.parametrize("path", sorted(EXPERIMENTS.glob("sweep_*.yaml")), ids=lambda p: p.name)
+def test_every_sweep_file_loads_and_validates(path):
+    from harness.sweep_config import load_sweep
+
+    sweep = load_sweep(path, check_data=False)
+    assert len(sweep.trials) >= 4 and sweep.protocols
 
 
 def test_paper_recipe_is_the_papers():

@@ -15,7 +15,6 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from PIL import Image
 
-from data_prep import prepare
 from harness.cli import main as cli_main
 from ffcv.loader.epoch_iterator import EpochIterator
 
@@ -28,10 +27,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def prepared(cifar_folder, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("cifar_ffcv")
-    prepare(str(cifar_folder), out, write_mode="raw", num_workers=2, progress=False)
-    return out
+def prepared(cifar_prepared) -> Path:
+    return cifar_prepared
 
 
 @pytest.fixture(scope="module")

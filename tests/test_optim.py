@@ -184,3 +184,10 @@ def test_scaled_lr_linear_rule():
         scaled_lr(0.2, 0)
     with pytest.raises(ValueError):
         scaled_lr(-0.2, 256)
+
+
+def test_scaled_lr_other_rules():
+    assert scaled_lr(0.2, 1024, rule="sqrt") == pytest.approx(0.4)      # 0.2 * sqrt(4)
+    assert scaled_lr(0.2, 1024, rule="none") == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="lr scaling rule 'cubic'"):
+        scaled_lr(0.2, 1024, rule="cubic")

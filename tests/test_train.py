@@ -50,9 +50,8 @@ def local_ray():
 
 
 @pytest.fixture(scope="module")
-def tiny_yaml(cifar_folder, tmp_path_factory) -> Path:
-    data = tmp_path_factory.mktemp("cifar_ffcv")
-    prepare(str(cifar_folder), data, write_mode="raw", num_workers=2, progress=False)
+def tiny_yaml(cifar_prepared, tmp_path_factory) -> Path:
+    data = cifar_prepared
     path = tmp_path_factory.mktemp("experiments") / "tiny.yaml"
     # The CPU recipe, smaller: 16 px crops (a small-stem ResNet-18 step costs 4x at 32 px).
     path.write_text(f"""\

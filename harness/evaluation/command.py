@@ -1,0 +1,80 @@
+"""`harness eval CHECKPOINT --protocol P... --data DIR`: records written as JSON, a table printed.
+
+Records go to OUT/<name>.json (the checkpoint) and OUT/baseline/<name>.json (a random backbone
+of the same architecture, unless --no-baseline); OUT defaults to `eval/` beside the checkpoint's
+run. Written atomically, after the protocol finished: a record on disk is always complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import yaml
+
+from harness.config_schema import CliValue, ConfigError
+from harness.evaluation.backbone import load_backbone
+from harness.evaluation.runner import evaluate
+from harness.evaluation.settings import EvalSettings, parse_protocols
+from harness.results import write_json_atomic
+
+__all__ = ["eval_command", "settings_from", "write_records", "default_out"]
+
+
+def settings_from(config: str | None, overrides: list[str], **values) -> EvalSettings:
+    raw: dict = {}
+    if config:
+        path = Path(config)
+        if not path.is_file():
+            raise ConfigError(f"evaluation config {path} does not exist")
+        raw = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path} must hold a mapping of evaluation settings")
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        key = key.strip().removeprefix("eval.")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. linear_mode=paper")
+        raw[key] = CliValue(value)
+    raw.update({k: v for k, v in values.items() if v is not None})
+    return EvalSettings.from_dict(raw)
+
+
+def default_out(checkpoint: Path) -> Path:
+    folder = checkpoint if checkpoint.is_dir() else checkpoint.parent
+    if folder.name.startswith("checkpoint_epoch") or folder.name == "export":
+        folder = folder.parent
+    return folder / "eval"
+
+
+def write_records(records: list[dict], out: Path) -> list[Path]:
+    paths = []
+    for record in records:
+        folder = out if record["init"] == "pretrained" else out / "baseline"
+        paths.append(write_json_atomic(folder / f"{record['name']}.json", record))
+    return paths
+
+
+def _line(record: dict) -> str:
+    metrics = ", ".join(f"{k} {100 * v:.1f}" for k, v in record["metrics"].items()
+                        if not k.startswith(("final", "train")))
+    return (f"{record['init']:>10}  {record['name']:<22} {record['dataset']:<16} {metrics}  "
+            f"({record['wall_time_s']:.0f} s)")
+
+
+def eval_command(args: argparse.Namespace) -> int:
+    settings = settings_from(args.config, args.set, resolution=args.resolution)
+    protocols = parse_protocols(args.protocol)
+    checkpoint = Path(args.checkpoint)
+    backbone = load_backbone(checkpoint, expect_arch=args.arch)
+    out = Path(args.out) if args.out else default_out(checkpoint)
+    print(f"harness eval: {backbone.arch} (epoch {backbone.epoch}) from {backbone.source}: "
+          f"{', '.join(protocols)}" + ("" if args.no_baseline else ", and a random-init baseline"))
+    start = time.perf_counter()
+    records = evaluate(backbone, protocols, args.data, transfer_dirs=args.transfer,
+                       settings=settings, with_baseline=not args.no_baseline,
+                       log=lambda record: print(_line(record), flush=True))
+    write_records(records, out)
+    print(f"harness eval: {len(records)} records in {out} ({time.perf_counter() - start:.0f} s)")
+    return 0

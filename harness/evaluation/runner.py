@@ -1,0 +1,199 @@
+"""`harness eval`: measure a backbone with the paper's protocols; one record per protocol.
+
+    records = evaluate(load_backbone("runs/pretrain/cifar10_cpu"), ["linear", "knn"],
+                       "runs/main/data/cifar10", settings=EvalSettings(test_images=1000))
+
+Everything that can be wrong with the input (the checkpoint, each data set, subset lists,
+transfer onto the pretraining data) is checked before the first image is decoded. Features
+of a data set are extracted once and shared by the fast linear probe and the kNN classifier.
+`with_baseline=True` runs the same protocols on a randomly initialised backbone of the same
+architecture too: its records (init "random") are the reference every report shows.
+
+A record (JSON) holds: name (linear, knn, semi-1pct, semi-10pct, transfer-<data set>),
+protocol, mode, dataset, primary (the headline metric), metrics, init, checkpoint (path, arch,
+epoch, step, training config), data (folder, fingerprint, image counts, resolution), settings
+(every evaluation setting and what the protocol chose), seed, wall_time_s, and provenance
+(time, git revision, library versions, hardware).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from harness.evaluation.backbone import Backbone, random_backbone
+from harness.evaluation.data import EvalData, source_digests
+from harness.evaluation.features import extract_features
+from harness.evaluation.finetune import finetune
+from harness.evaluation.knn import knn_metrics
+from harness.evaluation.linear import linear_fast, linear_paper
+from harness.evaluation.settings import EvalSettings, parse_protocols
+from harness.provenance import record_provenance
+
+__all__ = ["evaluate", "plan", "EvalPlan", "default_device"]
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() \
+        else torch.device("cpu")
+
+
+@dataclasses.dataclass
+class EvalPlan:
+    """What an evaluation will read, every input checked."""
+
+    protocols: tuple[str, ...]
+    settings: EvalSettings
+    resolution: int
+    data: EvalData | None
+    transfer: list[EvalData]
+
+
+def _pretraining_digests(backbone: Backbone) -> set[str]:
+    from data_prep import PrepError, read_manifest
+
+    data_dir = ((backbone.config or {}).get("data") or {}).get("dir")
+    if not data_dir:
+        return set()
+    try:
+        return source_digests(read_manifest(Path(data_dir)))
+    except (PrepError, OSError):
+        return set()
+
+
+def plan(backbone: Backbone, protocols: Sequence[str] | str, data_dir: Path | str | None, *,
+         transfer_dirs: Sequence[Path | str] = (), settings: EvalSettings) -> EvalPlan:
+    """Check every input of an evaluation; raises ValueError / FileNotFoundError."""
+    protocols = parse_protocols(protocols)
+    resolution = settings.resolution or backbone.resolution
+    if resolution is None:
+        raise ValueError("the checkpoint does not record its training resolution: set "
+                         "eval.resolution (--resolution)")
+    in_domain = [p for p in protocols if p != "transfer"]
+    if in_domain and data_dir is None:
+        raise ValueError(f"protocols {in_domain} evaluate on a data set: give --data DIR")
+    data = EvalData.open(data_dir, settings, resolution) if data_dir is not None else None
+    if "semi" in protocols:
+        for subset in settings.semi_subset_names():
+            data.subset_indices(subset)
+    transfer = []
+    if "transfer" in protocols:
+        if not transfer_dirs:
+            raise ValueError("the transfer protocol needs at least one other data set: give "
+                             "--transfer DIR (a `harness prep` folder)")
+        pretraining = _pretraining_digests(backbone)
+        if not pretraining and data is not None:
+            pretraining = source_digests(data.manifest)  # no training config: --data is it
+        for directory in transfer_dirs:
+            target = EvalData.open(directory, settings, resolution)
+            if source_digests(target.manifest) & pretraining:
+                raise ValueError(f"{directory} was prepared from the same images as the "
+                                 "pretraining data set: transfer measures other data sets; use "
+                                 "the linear protocol for this one")
+            transfer.append(target)
+    return EvalPlan(protocols, settings, resolution, data, transfer)
+
+
+def _record(name: str, protocol: str, mode: str | None, primary: str, metrics: dict,
+            used: dict, backbone: Backbone, data: EvalData, settings: EvalSettings,
+            seconds: float) -> dict:
+    return {
+        "name": name, "protocol": protocol, "mode": mode, "dataset": data.name,
+        "primary": primary, "metrics": metrics, "init": backbone.init,
+        "checkpoint": backbone.describe(), "data": data.describe(),
+        "settings": {**dataclasses.asdict(settings), **used}, "seed": settings.seed,
+        "wall_time_s": round(seconds, 3), **record_provenance(),
+    }
+
+
+class _Features:
+    """Train/test features of one data set under one backbone, extracted on first use."""
+
+    def __init__(self, backbone: Backbone, data: EvalData, settings: EvalSettings, device):
+        self.backbone, self.data, self.settings, self.device = backbone, data, settings, device
+        self._cache: dict[str, tuple] = {}
+        self.seconds = 0.0
+
+    def get(self, split: str):
+        if split not in self._cache:
+            start = time.perf_counter()
+            d, s = self.data, self.settings
+            path, indices = ((d.train_path, d.train_indices) if split == "train"
+                             else (d.test_path, d.test_indices))
+            self._cache[split] = extract_features(
+                self.backbone.module, path, indices=indices, resolution=d.resolution,
+                batch_size=s.batch_size, device=self.device, num_workers=s.loader_workers)
+            self.seconds += time.perf_counter() - start
+        return self._cache[split]
+
+
+def _linear(name: str, protocol: str, backbone: Backbone, features: _Features,
+            settings: EvalSettings, device) -> dict:
+    data = features.data
+    start = time.perf_counter()
+    test_f, test_y = features.get("test")
+    if settings.linear_mode == "fast":
+        train_f, train_y = features.get("train")
+        metrics, used = linear_fast(train_f, train_y, test_f, test_y, num_classes=data.num_classes,
+                                    l2=settings.linear_l2, seed=settings.seed)
+    else:
+        metrics, used = linear_paper(backbone.module, backbone.feature_dim, data, test_f, test_y,
+                                     settings=settings, device=device)
+    # Features shared with another protocol are charged to the first that extracted them.
+    return _record(name, protocol, settings.linear_mode, "top1", metrics, used, backbone, data,
+                   settings, time.perf_counter() - start)
+
+
+def _run(backbone: Backbone, p: EvalPlan, device, log) -> list[dict]:
+    s = p.settings
+    backbone.module.to(device)
+    if device.type == "cuda":
+        backbone.module.to(memory_format=torch.channels_last)
+    records = []
+    if p.data is not None:
+        features = _Features(backbone, p.data, s, device)
+        if "linear" in p.protocols:
+            records.append(_linear("linear", "linear", backbone, features, s, device))
+            log(records[-1])
+        if "knn" in p.protocols:
+            start = time.perf_counter()
+            train_f, train_y = features.get("train")
+            test_f, test_y = features.get("test")
+            metrics = knn_metrics(train_f, train_y, test_f, test_y, ks=s.knn_ks(),
+                                  temperature=s.knn_temperature, num_classes=p.data.num_classes)
+            primary = f"k{max(s.knn_ks())}_top1"
+            records.append(_record("knn", "knn", None, primary, metrics,
+                                   {"ks": list(s.knn_ks())}, backbone, p.data, s,
+                                   time.perf_counter() - start))
+            log(records[-1])
+        if "semi" in p.protocols:
+            for subset in s.semi_subset_names():
+                start = time.perf_counter()
+                metrics, used = finetune(backbone.module, backbone.feature_dim, p.data, subset,
+                                         settings=s, device=device)
+                records.append(_record(f"semi-{subset}", "semi", None, "top1", metrics, used,
+                                       backbone, p.data, s, time.perf_counter() - start))
+                log(records[-1])
+    for data in p.transfer:
+        features = _Features(backbone, data, s, device)
+        records.append(_linear(f"transfer-{data.name}", "transfer", backbone, features, s, device))
+        log(records[-1])
+    backbone.module.cpu()
+    return records
+
+
+def evaluate(backbone: Backbone, protocols: Sequence[str] | str, data_dir: Path | str | None, *,
+             transfer_dirs: Sequence[Path | str] = (), settings: EvalSettings = EvalSettings(),
+             with_baseline: bool = False, device: torch.device | None = None,
+             log=lambda record: None) -> list[dict]:
+    """Records of `backbone` (and, with_baseline, of a random one) under each protocol."""
+    p = plan(backbone, protocols, data_dir, transfer_dirs=transfer_dirs, settings=settings)
+    device = device or default_device()
+    records = _run(backbone, p, device, log)
+    if with_baseline:
+        records += _run(random_backbone(backbone, settings.seed), p, device, log)
+    return records

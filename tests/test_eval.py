@@ -1,0 +1,220 @@
+"""Evaluation protocols on real CIFAR-10 images: references, label hygiene, bad input."""
+
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from data_prep import prepare
+from harness.checkpoint import write_export
+from harness.cli import main
+from harness.config import load_config
+from harness.data import labelled_loader
+from harness.evaluation import EvalSettings, evaluate, load_backbone, plan, random_backbone
+from harness.evaluation.data import beton_labels, indices_digest
+from harness.evaluation.features import extract_features
+from harness.evaluation.finetune import finetune
+from harness.evaluation.knn import knn_votes
+from harness.evaluation.linear import _standardise, fit_logistic, linear_fast
+from harness.model import BarlowTwins
+
+REPO = Path(__file__).resolve().parents[1]
+RES = 16  # small crops keep the CPU forward passes cheap; the protocols do not care
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cifar_data(cifar_prepared) -> Path:
+    return cifar_prepared
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tiny_imagenet_folder, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("tiny_eval")
+    prepare(str(tiny_imagenet_folder), out, split_from="val", num_workers=2, progress=False)
+    return out
+
+
+def _export(model: BarlowTwins, data_dir: Path, out: Path, arch="resnet18") -> Path:
+    cfg = load_config(REPO / "experiments" / "cifar10_cpu.yaml",
+                      [f"data.dir={data_dir}", f"data.resolution={RES}", f"model.arch={arch}"],
+                      check_data=False)
+    return write_export(model, cfg.to_dict(), out, step=0, epoch=0)
+
+
+@pytest.fixture(scope="module")
+def export_dir(cifar_data, tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    model = BarlowTwins.from_arch("resnet18", "512-512", small_image_stem=True)
+    return _export(model, cifar_data, tmp_path_factory.mktemp("export"))
+
+
+@pytest.fixture(scope="module")
+def features(export_dir, cifar_data):
+    """Real backbone features of the 400 train / 100 test images."""
+    backbone = load_backbone(export_dir)
+    out = {}
+    for split in ("train", "test"):
+        out[split] = extract_features(backbone.module, cifar_data / f"{split}.beton", indices=None,
+                                      resolution=RES, batch_size=100, device=torch.device("cpu"),
+                                      num_workers=1)
+    return out
+
+
+@pytest.mark.parametrize("k", [20, 200])
+def test_knn_agrees_with_sklearn(features, k):
+    from sklearn.neighbors import KNeighborsClassifier
+
+    (train_f, train_y), (test_f, test_y) = features["train"], features["test"]
+    ours = knn_votes(train_f, train_y, test_f, k=k, temperature=0.07, num_classes=10).argmax(1)
+    # Cosine distance d = 1 - similarity: the weight exp(similarity / T).
+    reference = KNeighborsClassifier(n_neighbors=k, metric="cosine", algorithm="brute",
+                                     weights=lambda d: np.exp((1 - d) / 0.07))
+    theirs = reference.fit(train_f.numpy(), train_y.numpy()).predict(test_f.numpy())
+    assert (ours.numpy() == theirs).mean() >= 0.99
+    assert abs((ours == test_y).float().mean().item() - (theirs == test_y.numpy()).mean()) <= 0.01
+
+
+def test_fast_linear_agrees_with_sklearn(features):
+    from sklearn.linear_model import LogisticRegression
+
+    (train_f, train_y), (test_f, test_y) = features["train"], features["test"]
+    train_x, test_x = _standardise(train_f, test_f)
+    l2 = 1e-2
+    weight, bias = fit_logistic(train_x, train_y, 10, l2)
+    # sklearn minimises C * sum(CE) + ||W||^2 / 2: the same optimum for C = 1 / (n * l2).
+    reference = LogisticRegression(C=1 / (len(train_y) * l2), tol=1e-10, max_iter=20000)
+    reference.fit(train_x.numpy(), train_y.numpy())
+
+    def objective(w, b):
+        logits = train_x.double() @ w.double() + b.double()
+        return float(torch.nn.functional.cross_entropy(logits, train_y) + 0.5 * l2 * w.double().pow(2).sum())
+
+    ours_obj = objective(weight, bias)
+    theirs_obj = objective(torch.from_numpy(reference.coef_.T.copy()),
+                           torch.from_numpy(reference.intercept_.copy()))
+    assert ours_obj == pytest.approx(theirs_obj, rel=1e-3)
+    ours = (test_x @ weight + bias).argmax(1).numpy()
+    assert (ours == reference.predict(test_x.numpy())).mean() >= 0.98
+    metrics, used = linear_fast(train_f, train_y, test_f, test_y, num_classes=10, l2=l2, seed=0)
+    assert metrics["top1"] == pytest.approx(reference.score(test_x.numpy(), test_y.numpy()), abs=0.02)
+    assert used == {"l2": l2, "l2_chosen_on_holdout": False}
+
+
+def test_labelled_loader_reads_exactly_the_given_indices(cifar_data):
+    labels = beton_labels(cifar_data / "train.beton")
+    chosen = np.flatnonzero(np.isin(labels, [0, 3]))[::3]  # an unbalanced pick of two classes
+    loader = labelled_loader(cifar_data / "train.beton", batch_size=len(chosen), resolution=RES,
+                             device="cpu", num_workers=1, indices=chosen, distributed=False)
+    seen = Counter(y for _, batch in loader for y in batch.tolist())
+    assert seen == Counter(labels[chosen].tolist())
+
+
+def test_semi_fine_tunes_on_exactly_the_subset_list(export_dir, cifar_data):
+    backbone = load_backbone(export_dir)
+    settings = EvalSettings(semi_epochs=1, loader_workers=1, test_images=50)
+    data = plan(backbone, ["semi"], cifar_data, settings=settings).data
+    before = {k: v.clone() for k, v in backbone.module.state_dict().items()}
+    metrics, used = finetune(backbone.module, backbone.feature_dim, data, "10pct",
+                             settings=settings, device=torch.device("cpu"))
+    subset = np.array((cifar_data / "subset_10pct.txt").read_text().split(), dtype=np.int64)
+    labels = beton_labels(cifar_data / "train.beton")
+    assert used["train_images"] == len(subset) == 40
+    assert used["train_indices_sha256"] == indices_digest(subset)
+    assert used["first_epoch_labels"] == dict(Counter(labels[subset].tolist()))
+    assert 0.0 <= metrics["top1"] <= metrics["top5"] <= 1.0
+    # The caller's backbone is not the one fine-tuned.
+    assert all(torch.equal(before[k], v) for k, v in backbone.module.state_dict().items())
+
+
+def test_transfer_never_touches_the_pretraining_data(export_dir, cifar_data, tiny_data):
+    backbone = load_backbone(export_dir)
+    with pytest.raises(ValueError, match="same images as the pretraining data set"):
+        plan(backbone, ["transfer"], None, transfer_dirs=[cifar_data], settings=EvalSettings())
+    settings = EvalSettings(loader_workers=1, linear_l2=1e-3)
+    records = evaluate(backbone, ["transfer"], None, transfer_dirs=[tiny_data], settings=settings)
+    (record,) = records
+    assert record["name"] == f"transfer-{tiny_data.name}" and record["protocol"] == "transfer"
+    pretraining = json.loads((cifar_data / "manifest.json").read_text())["fingerprint"]
+    assert record["data"]["fingerprint"] != pretraining
+    assert record["data"]["dir"] == str(tiny_data)
+    assert record["data"]["resolution"] == RES  # 64 px images resized to the training crop
+
+
+def test_eval_command_writes_complete_records(export_dir, cifar_data, tmp_path, capsys):
+    out = tmp_path / "records"
+    code = main(["eval", str(export_dir), "--protocol", "linear", "knn", "--data", str(cifar_data),
+                 "--out", str(out), "--set", "loader_workers=1", "--set", "knn_k=5,20"])
+    assert code == 0, capsys.readouterr().err
+    for folder, init in ((out, "pretrained"), (out / "baseline", "random")):
+        linear = json.loads((folder / "linear.json").read_text())
+        knn = json.loads((folder / "knn.json").read_text())
+        assert linear["init"] == knn["init"] == init
+        assert set(knn["metrics"]) == {"k5_top1", "k5_top5", "k20_top1", "k20_top5"}
+        assert knn["primary"] == "k20_top1"
+        for record in (linear, knn):
+            assert record["data"]["train_images"] == 400 and record["data"]["test_images"] == 100
+            assert record["checkpoint"]["arch"] == "resnet18"
+            assert record["checkpoint"]["config"]["model"]["projector"] == "512-512"
+            assert record["versions"]["torch"] and record["hardware"]["cpus"] >= 1
+            assert record["seed"] == 0 and record["wall_time_s"] >= 0
+            assert "git" in record and record["settings"]["knn_k"] == "5,20"
+
+
+def test_random_backbone_is_the_initial_weights(export_dir):
+    backbone = load_backbone(export_dir)
+    a, b = random_backbone(backbone, seed=3), random_backbone(backbone, seed=3)
+    assert a.init == "random" and a.arch == backbone.arch
+    assert all(torch.equal(x, y) for x, y in zip(a.module.state_dict().values(),
+                                                 b.module.state_dict().values()))
+
+
+# --- bad input: a clear error before any work ----------------------------------------------
+
+def test_weights_of_another_architecture_are_refused(cifar_data, tmp_path):
+    model = BarlowTwins.from_arch("resnet34", "512-512", small_image_stem=True)
+    out = _export(model, cifar_data, tmp_path / "export")
+    info = json.loads((out / "export.json").read_text())
+    info["arch"] = "resnet18"  # the record says one architecture, the weights are another
+    (out / "export.json").write_text(json.dumps(info))
+    with pytest.raises(ValueError, match="another architecture"):
+        load_backbone(out)
+
+
+def test_expected_architecture_is_checked(export_dir):
+    with pytest.raises(ValueError, match="resnet18 backbone, not the resnet50"):
+        load_backbone(export_dir, expect_arch="resnet50")
+
+
+def test_missing_subset_list_fails_before_work(export_dir, cifar_data, tmp_path):
+    broken = tmp_path / "data"
+    shutil.copytree(cifar_data, broken)
+    (broken / "subset_1pct.txt").unlink()
+    with pytest.raises(ValueError, match="subset_1pct.txt"):
+        plan(load_backbone(export_dir), ["linear", "semi"], broken, settings=EvalSettings())
+
+
+def test_resolution_that_does_not_fit_the_data(export_dir, cifar_data):
+    with pytest.raises(ValueError, match="upsample"):
+        plan(load_backbone(export_dir), ["knn"], cifar_data,
+             settings=EvalSettings(resolution=224))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--protocol", "linaer"], "unknown evaluation protocol 'linaer'"),
+    (["--protocol", "transfer"], "needs at least one other data set"),
+    (["--protocol", "knn", "--set", "knn_k=0"], "every k must be >= 1"),
+    (["--protocol", "knn", "--set", "linear_mode=slow"], "linear_mode"),
+])
+def test_eval_command_bad_input(export_dir, cifar_data, args, message, capsys):
+    assert main(["eval", str(export_dir), "--data", str(cifar_data), *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_data_dir_that_is_not_prepared(export_dir, tmp_path, capsys):
+    assert main(["eval", str(export_dir), "--protocol", "knn", "--data", str(tmp_path)]) == 2
+    assert "harness prep" in capsys.readouterr().err
