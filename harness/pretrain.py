@@ -27,6 +27,7 @@ from ray.train.torch import TorchTrainer  # noqa: E402
 from harness.checkpoint import latest_checkpoint  # noqa: E402
 from harness.config import ConfigError, PretrainConfig, load_config  # noqa: E402
 from harness.provenance import record_provenance  # noqa: E402
+from harness.run_log import read_divergence  # noqa: E402
 from harness.train import train_loop  # noqa: E402
 
 __all__ = ["pretrain", "build_trainer", "record_launch", "pretrain_command", "check_resume", "check_local_resources", "provenance"]
@@ -119,6 +120,11 @@ def pretrain_command(args: argparse.Namespace) -> int:
         result = pretrain(cfg, address=args.address)
     except ray.train.TrainingFailedError as err:
         print(f"harness pretrain: the run failed: {err}")
+        return 1
+    diverged = read_divergence(cfg.run.run_dir)
+    if diverged:
+        print(f"harness pretrain: the run failed: {diverged}; lower the learning rate or check "
+              "the data")
         return 1
     m = result.metrics or {}
     print(f"harness pretrain: done at epoch {m.get('epoch')}, step {m.get('step')}; "

@@ -18,9 +18,17 @@ from pathlib import Path
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
-__all__ = ["RunLog", "METRICS_FILE", "read_metrics"]
+__all__ = ["RunLog", "METRICS_FILE", "DIVERGED_FILE", "read_metrics", "read_divergence"]
 
 METRICS_FILE = "metrics.jsonl"
+# Written by rank 0 when the loss became non-finite and the run stopped (harness.train).
+DIVERGED_FILE = "diverged.json"
+
+
+def read_divergence(run_dir: Path | str) -> str | None:
+    """Why the run stopped on a non-finite loss ("loss is nan at epoch 2 (step 17)"), or None."""
+    path = Path(run_dir) / DIVERGED_FILE
+    return json.loads(path.read_text())["reason"] if path.is_file() else None
 
 
 def read_metrics(run_dir: Path | str) -> list[dict]:
@@ -46,6 +54,7 @@ class RunLog:
         self.jsonl = self.run_dir / METRICS_FILE
         kept = [m for m in read_metrics(self.run_dir) if m["step"] <= resume_step]
         self.jsonl.write_text("".join(json.dumps(m) + "\n" for m in kept))
+        (self.run_dir / DIVERGED_FILE).unlink(missing_ok=True)  # an earlier attempt's verdict
         # Events at steps > resume_step belong to an attempt that never checkpointed them.
         self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=resume_step + 1)
 
@@ -76,6 +85,13 @@ class RunLog:
     def text(self, tag: str, text: str) -> None:
         if self.writer is not None:
             self.writer.add_text(tag, text, 0)
+
+    def diverged(self, reason: str, step: int) -> None:
+        if self.enabled:
+            path = self.run_dir / DIVERGED_FILE
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"reason": reason, "step": step}) + "\n")
+            tmp.replace(path)
 
     def close(self) -> None:
         if self.writer is not None:

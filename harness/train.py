@@ -157,6 +157,7 @@ class _Worker:
                 # Reported, not raised: a restart from the last checkpoint would diverge again.
                 if self.rank == 0:
                     log.warning(f"{self.cfg.run.name}: {self.diverged}; the run stops")
+                self.log.diverged(self.diverged, self.step)
                 ray.train.report({**metrics, "failed": self.diverged})
                 self.log.close()
                 return
@@ -179,6 +180,7 @@ class _Worker:
         self.model.train()
         sums = torch.zeros(4, device=self.device)  # total, on_diag, off_diag, probe loss
         steps, wait = 0, 0.0
+        first_step_at = None
         log_every = self.cfg.run.log_every_steps
         start = time.perf_counter()
         batches = iter(self.loader)
@@ -203,6 +205,8 @@ class _Worker:
                 torch.cuda.synchronize(self.device)
             self.step += 1
             steps += 1
+            if self.step == 1:  # benchmarks/sweep.py: time from the command to the first step
+                first_step_at = time.time()
             self._maybe_exit_for_test()
             if log_every and self.step % log_every == 0 and self.log.enabled:
                 self.log.scalars({"step/loss_total": float(r.total),
@@ -220,6 +224,7 @@ class _Worker:
             "time/epoch_s": elapsed,
             "time/data_wait_fraction": wait / elapsed,
             **({"probe/train_loss": means[3]} if self.probe is not None else {}),
+            **({"time/first_step_unix": first_step_at} if first_step_at else {}),
         }
 
     def _evaluate_probe(self) -> dict:

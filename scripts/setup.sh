@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install everything the harness needs into ./.venv; quick when nothing changed.
 #   - native libraries FFCV compiles against (apt, when root; otherwise a list to install)
+#   - openssh-server and rsync for the cluster launch tests (apt, when root)
 #   - a Python 3.10-3.12 virtual environment with the pinned packages of constraints.txt
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +27,16 @@ libturbojpeg). Ask an administrator to install them, then run this again:
 MSG
         exit 1
     fi
+fi
+
+# The cluster launch tests (tests/test_cluster.py) run their own sshd and ray up's rsync;
+# without these (not root) they skip, saying so.
+TEST_APT="openssh-server rsync"
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+        ! { [ -x /usr/sbin/sshd ] && command -v rsync >/dev/null 2>&1; }; then
+    echo "setup: installing packages for the cluster tests: $TEST_APT"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $TEST_APT >/dev/null
 fi
 
 PY=${PYTHON:-python3}

@@ -19,7 +19,6 @@ from harness.ray_runtime import start_ray  # first: Ray's environment before `im
 import ray  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
-from data_prep import prepare  # noqa: E402
 from harness.checkpoint import STATE_FILE, checkpoint_dir_name, export_checkpoint  # noqa: E402
 from harness.config import ConfigError, load_config  # noqa: E402
 from harness.model import build_backbone, build_projector  # noqa: E402

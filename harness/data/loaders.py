@@ -9,7 +9,9 @@ the training thread (benchmarks/loader.py). `photometric=` overrides the choice.
 torch process group, every rank reads its own shard.
 """
 
+import os
 import queue
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, NamedTuple, Sequence
@@ -30,6 +32,23 @@ from .augment import BatchAugment, ViewAugment, normalize
 from .ffcv_augment import PhotometricAugment
 
 torch.set_num_threads(_TORCH_THREADS)
+
+
+def _quiet_numba_finalizer(unraisable, _previous=sys.unraisablehook) -> None:
+    """Drop one known harmless message: when an FFCV pipeline is garbage-collected, numba's
+    Dispatcher finalizer can raise KeyError over overloads it already removed, which Python
+    prints as "Exception ignored in: <finalize object ...>" with a traceback (every evaluation
+    prints several). Everything else goes to the previous hook."""
+    tb = unraisable.exc_traceback
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if (isinstance(unraisable.exc_value, KeyError) and tb is not None
+            and tb.tb_frame.f_code.co_filename.endswith(os.path.join("numba", "core", "dispatcher.py"))):
+        return
+    _previous(unraisable)
+
+
+sys.unraisablehook = _quiet_numba_finalizer
 
 __all__ = [
     "TwoViewBatch", "TwoViewLoader", "LabelledLoader", "two_view_loader", "labelled_loader",

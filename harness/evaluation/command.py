@@ -57,8 +57,7 @@ def write_records(records: list[dict], out: Path) -> list[Path]:
 
 
 def _line(record: dict) -> str:
-    metrics = ", ".join(f"{k} {100 * v:.1f}" for k, v in record["metrics"].items()
-                        if not k.startswith(("final", "train")))
+    metrics = ", ".join(f"{k} {100 * v:.1f}" for k, v in record["metrics"].items())
     return (f"{record['init']:>10}  {record['name']:<22} {record['dataset']:<16} {metrics}  "
             f"({record['wall_time_s']:.0f} s)")
 

@@ -81,9 +81,8 @@ def linear_fast(train_f: Tensor, train_y: Tensor, test_f: Tensor, test_y: Tensor
     weight, bias = fit_logistic(train_x, train_y, num_classes, chosen)
     hits = topk_correct(test_x @ weight + bias, test_y)
     train_acc = float(((train_x @ weight + bias).argmax(1) == train_y).float().mean())
-    return ({"top1": hits[1] / len(test_y), "top5": hits[5] / len(test_y),
-             "train_top1": train_acc},
-            {"l2": chosen, "l2_chosen_on_holdout": l2 is None})
+    return ({"top1": hits[1] / len(test_y), "top5": hits[5] / len(test_y)},
+            {"l2": chosen, "l2_chosen_on_holdout": l2 is None, "train_top1": train_acc})
 
 
 def linear_paper(backbone: nn.Module, feature_dim: int, data, test_f: Tensor, test_y: Tensor, *,
@@ -116,8 +115,7 @@ def linear_paper(backbone: nn.Module, feature_dim: int, data, test_f: Tensor, te
             step += 1
     with torch.no_grad():
         hits = topk_correct(head(test_f.to(device)).cpu(), test_y)
-    return ({"top1": hits[1] / len(test_y), "top5": hits[5] / len(test_y),
-             "final_train_loss": float(loss)},
-            {"epochs": s.linear_epochs, "lr": s.linear_lr, "momentum": s.linear_momentum,
+    return ({"top1": hits[1] / len(test_y), "top5": hits[5] / len(test_y)},
+            {"final_train_loss": float(loss), "epochs": s.linear_epochs, "lr": s.linear_lr, "momentum": s.linear_momentum,
              "weight_decay": s.linear_weight_decay, "batch_size": batch, "steps": step,
              "augmentation": "random-resized crop (0.08-1) + flip"})

@@ -1,0 +1,112 @@
+"""Sweep benchmark: the demo sweep's efficiency, and ASHA against no scheduler, side by side.
+
+Runs `harness sweep` twice on the same sweep file, in fresh folders: as written (FIFO, every
+trial to the end), and with an ASHA scheduler on the online probe (grace period 1 epoch,
+reduction factor 2). For each it prints:
+  - wall time, command to the end of the sweep (report included);
+  - time from the command to the first training step of any trial;
+  - Ray overhead: the share of the trials' wall time spent neither in training epochs (steps,
+    probe evaluation), nor in evaluation proper (feature extraction and fits): Ray Train's
+    start-up, FFCV pipeline compilation, checkpoints, the evaluation task's start-up;
+  - compute: the sum of the trials' training epoch times (what ASHA saves), and whether both
+    runs pick the same best configuration by the sweep's metric.
+
+    .venv/bin/python benchmarks/sweep.py [experiments/sweep_cifar10_demo.yaml] [--set key=value]
+"""
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from harness.provenance import hardware, library_versions
+from harness.results import read_sweep, read_trials
+from harness.run_log import read_metrics
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(sweep_file: Path, storage: Path, sets: list[str]) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    start_unix, start = time.time(), time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "harness.cli", "sweep", str(sweep_file),
+                           "--storage", str(storage), *[a for s in sets for a in ("--set", s)]],
+                          cwd=REPO, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        sys.exit(f"sweep failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    name = yaml.safe_load(sweep_file.read_text()).get("name") or sweep_file.stem
+    run_dir = storage / name
+    trials = read_trials(run_dir)
+    firsts, epochs_s, wall_s, eval_proper, eval_task = [], 0.0, 0.0, 0.0, 0.0
+    for t in trials:
+        metrics = read_metrics(run_dir / "trials" / t["trial_id"] / "pretrain")
+        firsts += [m["time/first_step_unix"] for m in metrics if "time/first_step_unix" in m]
+        epochs_s += sum(m.get("time/epoch_s", 0) + m.get("time/eval_s", 0) for m in metrics)
+        timing = t.get("timing", {})
+        wall_s += timing.get("wall_s", 0.0)
+        eval_task += timing.get("eval_s", 0.0)
+        eval_proper += sum(r.get("wall_time_s", 0.0) for r in t["evals"].values())
+    metric = (read_sweep(run_dir) or {}).get("metric") or "knn/k200_top1"
+    name_, key = metric.split("/")
+    ok = [t for t in trials if t["status"] == "ok"]
+    best = max(ok, key=lambda t: t["evals"][name_]["metrics"][key]) if ok else None
+    return {
+        "wall_s": wall, "first_step_s": min(firsts) - start_unix if firsts else None,
+        "trials": len(trials), "statuses": {s: sum(t["status"] == s for t in trials)
+                                            for s in ("ok", "stopped", "failed")},
+        "train_compute_s": epochs_s, "trial_wall_s": wall_s,
+        "ray_overhead": (wall_s - epochs_s - eval_proper) / wall_s if wall_s else None,
+        "eval_task_s": eval_task, "metric": metric,
+        "best": best["params"] if best else None,
+        "best_value": best["evals"][name_]["metrics"][key] if best else None,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sweep", nargs="?", default=str(REPO / "experiments" / "sweep_cifar10_demo.yaml"))
+    parser.add_argument("--set", action="append", default=[], help="passed to every trial")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    sweep_file = Path(args.sweep).resolve()
+    raw = yaml.safe_load(sweep_file.read_text())
+    rows = {}
+    with tempfile.TemporaryDirectory(prefix="bench_sweep_") as tmp:
+        tmp = Path(tmp)
+        asha_file = tmp / sweep_file.name
+        raw_asha = {**raw, "experiment": str((sweep_file.parent / raw["experiment"]).resolve()),
+                    "scheduler": {"type": "asha", "metric": "probe/top1", "grace_period": 1,
+                                  "reduction_factor": 2}}
+        asha_file.write_text(yaml.safe_dump(raw_asha))
+        for label, path in (("FIFO (no scheduler)", sweep_file), ("ASHA", asha_file)):
+            rows[label] = run(path, tmp / label.split()[0].lower(), args.set)
+            print(f"{label}: {json.dumps(rows[label])}", flush=True)
+
+    print(f"\nsweep {sweep_file.name} ({rows['ASHA']['trials']} trials), --set {args.set}")
+    print(f"machine: {platform.processor() or platform.machine()}, {hardware()['cpus']} CPUs; "
+          f"versions: {library_versions()}\n")
+    fifo = rows["FIFO (no scheduler)"]
+    print("| run | wall s | to first step s | trials ok / stopped | training compute s | "
+          "compute vs FIFO | Ray overhead | best point | best " + fifo["metric"] + " |")
+    print("|---|---:|---:|---|---:|---:|---:|---|---:|")
+    for label, r in rows.items():
+        print(f"| {label} | {r['wall_s']:.0f} | {r['first_step_s']:.0f} | "
+              f"{r['statuses']['ok']} / {r['statuses']['stopped']} | {r['train_compute_s']:.0f} | "
+              f"{r['train_compute_s'] / fifo['train_compute_s']:.2f} | {100 * r['ray_overhead']:.0f}% | "
+              f"{r['best']} | {100 * r['best_value']:.1f} |")
+    same = rows["ASHA"]["best"] == fifo["best"]
+    print(f"\nsame best configuration with and without ASHA: {same}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()

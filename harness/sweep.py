@@ -1,0 +1,276 @@
+"""`harness sweep CONFIG`: Ray Tune over pretraining configs, every trial evaluated.
+
+    harness sweep experiments/sweep_cifar10_demo.yaml          # runs, or resumes, the sweep
+    harness report runs/sweeps/cifar10_demo                     # tables, figures, TensorBoard
+
+Each trial is a Ray Train run driven from Ray Tune the Train V2 way: Tune runs `run_trial`, a
+function that builds the trial's TorchTrainer (harness.pretrain.build_trainer) and forwards its
+per-epoch metrics to Tune (TuneReportCallback), which ASHA compares when a scheduler is set.
+After training, the trial evaluates its newest checkpoint in a Ray task on the CPUs or GPU its
+workers used (harness.evaluation.remote), and writes trials/<id>/trial.json.
+
+Trials share the machine by resources. The trial function itself holds no CPU, so all of them
+are left to its Train workers; on a local instance it holds one unit of a custom resource
+(`harness_trial_slot`, as many as resources.max_concurrent_trials), which is what limits the
+trials running at once. Without it, Tune would start every trial, and their controllers would
+wait on one another's CPUs.
+
+Resuming: the trial list is fixed by the sweep file (harness.sweep_config). Running the same
+command again (or with --resume) skips trials whose record says ok, failed or stopped, and
+re-runs the others, whose Train runs continue from their newest checkpoint. Failures are
+results: a diverging loss (the worker loop stops at the first non-finite loss), a crash or an
+evaluation error marks the trial failed with its reason, and the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import time
+from pathlib import Path
+
+from harness.ray_runtime import start_ray  # first: sets Ray's environment before `import ray`
+
+import ray  # noqa: E402
+import ray.train  # noqa: E402
+from ray import tune  # noqa: E402
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback  # noqa: E402
+
+from harness.config import ConfigError, PretrainConfig  # noqa: E402
+from harness.evaluation.remote import evaluate_in_ray  # noqa: E402
+from harness.evaluation.settings import EvalSettings  # noqa: E402
+from harness.pretrain import build_trainer, check_local_resources, record_launch  # noqa: E402
+from harness.provenance import record_provenance  # noqa: E402
+from harness.results import (read_baselines, read_json, read_trials, trial_dir,  # noqa: E402
+                             train_from_metrics, write_baseline, write_sweep, write_trial)
+from harness.run_log import read_divergence, read_metrics  # noqa: E402
+from harness.sweep_config import SCHEDULER_METRICS, SweepConfig, load_sweep  # noqa: E402
+
+__all__ = ["run_sweep", "sweep_command", "run_trial", "SLOT", "FINISHED"]
+
+SLOT = "harness_trial_slot"
+FINISHED = ("ok", "failed", "stopped")
+
+
+def _reason(err: BaseException) -> str:
+    """The root cause of a failed run, in one line."""
+    while err.__cause__ is not None:
+        err = err.__cause__
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[-1] if text else ''}"[:500]
+
+
+def run_trial(config: dict) -> None:
+    """Tune's trainable: train one trial's config, evaluate it, record it."""
+    spec = config["trial"]
+    run_dir = Path(spec["run_dir"])
+    cfg = PretrainConfig.from_dict(spec["config"])
+    record = {"trial_id": spec["trial_id"], "params": spec["params"], "status": "running",
+              "error": None, "train": {}, "evals": {}}
+    write_trial(run_dir, record)
+    record_launch(cfg, spec["address"])
+
+    timing = {"started_unix": time.time()}
+
+    def finish(status: str, error: str | None = None, evals: dict | None = None) -> None:
+        metrics = read_metrics(cfg.run.run_dir)
+        timing["wall_s"] = time.perf_counter() - start
+        record.update(status=status, error=error, evals=evals or {},
+                      train=train_from_metrics(metrics) if metrics else {}, timing=timing)
+        write_trial(run_dir, record)
+
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    start = time.perf_counter()
+    try:
+        build_trainer(cfg, callbacks=[TuneReportCallback()]).fit()
+    except ray.train.TrainingFailedError as err:
+        return finish("failed", _reason(err))
+    finally:
+        timing["fit_s"] = time.perf_counter() - start
+    diverged = read_divergence(cfg.run.run_dir)
+    if diverged:
+        return finish("failed", diverged)
+    eval_start = time.perf_counter()
+    try:
+        records = evaluate_in_ray(cfg.run.run_dir, spec["protocols"], cfg.data.dir,
+                                  transfer_dirs=spec["transfer"],
+                                  settings=EvalSettings.from_dict(spec["eval_settings"]),
+                                  workers=cfg.workers)
+    except Exception as err:  # noqa: BLE001 - any evaluation error is this trial's result
+        return finish("failed", f"evaluation: {_reason(err)}")
+    timing["eval_s"] = time.perf_counter() - eval_start
+    finish("ok", evals={r["name"]: r for r in records})
+
+
+class _Recorder(tune.Callback):
+    """Driver side: trials that ended without writing their record (stopped by ASHA, killed)."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+
+    def _close(self, trial, status: str, error: str | None) -> None:
+        spec = trial.config["trial"]
+        path = trial_dir(self.run_dir, spec["trial_id"]) / "trial.json"
+        record = read_json(path) if path.is_file() else {"trial_id": spec["trial_id"],
+                                                          "params": spec["params"]}
+        if record.get("status") in FINISHED:
+            print(f"harness sweep: {spec['trial_id']} {record['status']}"
+                  + (f": {record['error']}" if record.get("error") else ""), flush=True)
+            return
+        metrics = read_metrics(trial_dir(self.run_dir, spec["trial_id"]) / "pretrain")
+        record.update(status=status, error=error, evals={},
+                      train=train_from_metrics(metrics) if metrics else {})
+        write_trial(self.run_dir, record)
+        print(f"harness sweep: {spec['trial_id']} {status}" + (f": {error}" if error else ""),
+              flush=True)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        # Returned normally without a final record: the scheduler stopped it.
+        self._close(trial, "stopped", None)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        try:
+            error = trial.get_error()
+        except Exception:  # noqa: BLE001 - the message is a courtesy; the status is what counts
+            error = None
+        lines = [line for line in str(error or "").strip().splitlines() if line.strip()]
+        self._close(trial, "failed", lines[-1][:500] if lines else "the trial's process died")
+
+
+def _check_existing(sweep: SweepConfig, resume: bool) -> dict[str, str]:
+    """{trial_id: status} of the trials already recorded; refuses another sweep's folder."""
+    path = sweep.run_dir / "sweep.json"
+    if not path.is_file():
+        if resume:
+            raise ConfigError(f"--resume: {sweep.run_dir} holds no sweep to resume; run without "
+                              "--resume to start it")
+        return {}
+    before = read_json(path).get("trials", {})
+    ours = sweep.describe()["trials"]
+    if before != ours:
+        raise ConfigError(f"{sweep.run_dir} holds sweep '{sweep.name}' with other trials (its "
+                          "search space, seeds or samples differ from this file): give this one "
+                          "another --name, or delete that folder to start over")
+    return {t["trial_id"]: t["status"] for t in read_trials(sweep.run_dir)}
+
+
+def _local_concurrency(sweep: SweepConfig) -> int:
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    w = sweep.trials[0].config.workers
+    per_trial = w.num_workers * w.cpus_per_worker
+    return max(1, min(sweep.max_concurrent_trials, cpus // per_trial))
+
+
+def _trial_specs(sweep: SweepConfig, todo: list, address: str | None) -> list[dict]:
+    return [{"trial_id": t.trial_id, "params": t.params, "config": t.config.to_dict(),
+             "run_dir": str(sweep.run_dir), "protocols": list(sweep.protocols),
+             "transfer": list(sweep.transfer), "address": address,
+             "eval_settings": dataclasses.asdict(sweep.eval_settings)}
+            for t in todo]
+
+
+def _tuner(sweep: SweepConfig, specs: list[dict], local: bool, concurrency: int) -> tune.Tuner:
+    resources = {"CPU": 0, **({SLOT: 1} if local else {})}
+    scheduler = metric = mode = None
+    if sweep.scheduler:
+        from ray.tune.schedulers import ASHAScheduler
+
+        metric = sweep.scheduler["metric"]
+        mode = SCHEDULER_METRICS[metric]
+        scheduler = ASHAScheduler(time_attr="epoch", max_t=max(t.config.epochs for t in sweep.trials),
+                                  grace_period=sweep.scheduler["grace_period"],
+                                  reduction_factor=sweep.scheduler["reduction_factor"])
+    return tune.Tuner(
+        tune.with_resources(run_trial, resources),
+        param_space={"trial": tune.grid_search(specs)},
+        tune_config=tune.TuneConfig(max_concurrent_trials=concurrency, scheduler=scheduler,
+                                    metric=metric, mode=mode,
+                                    trial_dirname_creator=lambda t: t.config["trial"]["trial_id"],
+                                    trial_name_creator=lambda t: t.config["trial"]["trial_id"]),
+        # Tune's JSON and CSV logs only: its TensorBoard logger would add a second HParams
+        # experiment to RUN_DIR (the report writes the sweep's own).
+        run_config=tune.RunConfig(name="tune", storage_path=str(sweep.run_dir / ".ray"),
+                                  callbacks=[_Recorder(sweep.run_dir), JsonLoggerCallback(),
+                                             CSVLoggerCallback()], verbose=0,
+                                  failure_config=tune.FailureConfig(max_failures=0)),
+    )
+
+
+def _baseline(sweep: SweepConfig) -> None:
+    """The random-init reference of every protocol, once per sweep, from the first ok trial."""
+    if not sweep.baseline:
+        return
+    have = read_baselines(sweep.run_dir)
+    trials = {t["trial_id"]: t for t in read_trials(sweep.run_dir)}
+    for spec in sweep.trials:
+        trial = trials.get(spec.trial_id)
+        if trial and trial["status"] == "ok":
+            if set(trial["evals"]) <= set(have):
+                return
+            cfg = spec.config
+            records = evaluate_in_ray(cfg.run.run_dir, sweep.protocols, cfg.data.dir,
+                                      transfer_dirs=sweep.transfer, settings=sweep.eval_settings,
+                                      workers=cfg.workers, init="random")
+            for record in records:
+                write_baseline(sweep.run_dir, record)
+            return
+
+
+def run_sweep(sweep: SweepConfig, *, address: str | None = None, resume: bool = False) -> list[dict]:
+    """Run the sweep's unfinished trials; returns every trial's record."""
+    done = {k: v for k, v in _check_existing(sweep, resume).items() if v in FINISHED}
+    todo = [t for t in sweep.trials if t.trial_id not in done]
+    local = address is None
+    if local:
+        for t in todo:
+            check_local_resources(t.config)
+    concurrency = _local_concurrency(sweep) if local else sweep.max_concurrent_trials
+    print(f"harness sweep: '{sweep.name}' in {sweep.run_dir}: {len(sweep.trials)} trials, "
+          f"{len(done)} already finished, {len(todo)} to run, {concurrency} at a time", flush=True)
+    sweep.run_dir.mkdir(parents=True, exist_ok=True)
+    write_sweep(sweep.run_dir, {**sweep.describe(), "provenance": record_provenance()})
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # see _tuner
+    started = start_ray(address, resources={SLOT: concurrency} if local else None)
+    try:
+        if not local:
+            from harness.cluster_check import check_cluster
+
+            w = sweep.trials[0].config.workers
+            check_cluster(gpus_per_trial=w.num_workers if w.use_gpu else 0,
+                          cpus_per_trial=w.num_workers * w.cpus_per_worker,
+                          data_dirs=sorted({t.config.data.dir for t in sweep.trials}
+                                           | set(sweep.transfer)),
+                          storage_path=str(sweep.run_dir))
+        if todo:
+            _tuner(sweep, _trial_specs(sweep, todo, address), local, concurrency).fit()
+        _baseline(sweep)
+    finally:
+        if started:
+            ray.shutdown()
+    return read_trials(sweep.run_dir)
+
+
+def sweep_command(args: argparse.Namespace) -> int:
+    from harness.report import load_report, text, write_report
+    from harness.results import report_dir
+
+    sweep = load_sweep(args.config, name=args.name, storage_path=args.storage,
+                       overrides=args.set or [])
+    start = time.perf_counter()
+    try:
+        trials = run_sweep(sweep, address=args.address, resume=args.resume)
+    except KeyboardInterrupt:
+        print(f"\nharness sweep: interrupted; run the same command again to resume "
+              f"({sweep.run_dir})")
+        return 130
+    report = load_report(sweep.run_dir)
+    write_report(report, report_dir(sweep.run_dir))
+    print(text(report))
+    counts = {s: sum(t["status"] == s for t in trials) for s in ("ok", "failed", "stopped")}
+    print(f"harness sweep: done in {time.perf_counter() - start:.0f} s: "
+          + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+          + f". Results: {report_dir(sweep.run_dir)}; "
+          f"TensorBoard: tensorboard --logdir {sweep.run_dir} --host 127.0.0.1")
+    return 0 if counts["ok"] else 1

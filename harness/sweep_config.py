@@ -1,0 +1,250 @@
+"""A sweep's configuration file, and the fixed list of trials it expands to.
+
+    name: cifar10_demo
+    experiment: cifar10_demo.yaml        # the pretraining config every trial starts from
+    storage_path: runs/sweeps            # RUN_DIR = storage_path/name
+    set: {epochs: 4}                     # optional: keys set on every trial
+    search:
+      mode: grid                         # grid | random
+      space:                             # any dotted key of the pretraining config
+        loss.lambd: [0.0025, 0.01]                  # grid: the values; random: a list is a
+        model.projector: [512-512, 2048-2048]       # choice, or {loguniform: [lo, hi]},
+      seeds: [0]                                    # {uniform: [lo, hi]}, {randint: [lo, hi]}
+      num_samples: 8                     # random only: points drawn (seeded by search.seed)
+    evaluate:
+      protocols: [linear, knn]           # linear | knn | semi | transfer
+      transfer: []                       # other `harness prep` folders
+      baseline: true                     # the same protocols on a random-init backbone
+      settings: {test_images: 1000}      # EvalSettings keys
+    resources:
+      max_concurrent_trials: 2           # trials at once; each takes its config's `workers`
+    scheduler:                           # optional: stop weak trials early
+      type: asha
+      metric: probe/top1                 # a per-epoch metric of the training loop
+      grace_period: 1
+      reduction_factor: 2
+    metric: knn/k200_top1                # the report's best row
+
+The trial list is a pure function of the file (random points come from a seeded generator),
+so a sweep run again finds its own trials by id and skips the finished ones. Every trial's
+pretraining config is built and validated here, before Ray starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harness.config import ConfigError, PretrainConfig, _read_yaml, load_config
+from harness.evaluation.settings import EvalSettings, parse_protocols
+
+__all__ = ["SweepConfig", "TrialSpec", "load_sweep", "DISTRIBUTIONS", "SCHEDULER_METRICS"]
+
+DISTRIBUTIONS = ("loguniform", "uniform", "randint", "choice")
+# Per-epoch metrics ASHA can compare trials on, and which way is better.
+SCHEDULER_METRICS = {"probe/top1": "max", "loss/total": "min"}
+_TOP = {"name", "experiment", "storage_path", "set", "search", "evaluate", "resources",
+        "scheduler", "metric"}
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    trial_id: str
+    params: dict[str, Any]           # the swept keys and "seed"
+    config: PretrainConfig
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    path: Path
+    name: str
+    experiment: Path
+    run_dir: Path
+    overrides: dict[str, Any]
+    mode: str
+    space: dict[str, Any]
+    seeds: tuple[int, ...]
+    num_samples: int
+    search_seed: int
+    protocols: tuple[str, ...]
+    transfer: tuple[str, ...]
+    baseline: bool
+    eval_settings: EvalSettings
+    max_concurrent_trials: int
+    scheduler: dict | None
+    metric: str | None
+    trials: tuple[TrialSpec, ...]
+
+    def describe(self) -> dict:
+        """The sweep.json fields (harness.results)."""
+        return {"name": self.name, "config_file": str(self.path), "experiment": str(self.experiment),
+                "space": self.space, "mode": self.mode, "seeds": list(self.seeds),
+                "num_samples": self.num_samples, "set": self.overrides, "metric": self.metric,
+                "protocols": list(self.protocols), "transfer": list(self.transfer),
+                "eval_settings": dataclasses.asdict(self.eval_settings),
+                "scheduler": self.scheduler, "max_concurrent_trials": self.max_concurrent_trials,
+                "trials": {t.trial_id: t.params for t in self.trials}}
+
+
+def _section(raw: dict, key: str, allowed: set[str]) -> dict:
+    value = raw.get(key) or {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+    unknown = set(value) - allowed
+    if unknown:
+        raise ConfigError(f"{key}.{sorted(unknown)[0]}: unknown key; known: {', '.join(sorted(allowed))}")
+    return value
+
+
+def _check_space(space: Any, mode: str) -> dict:
+    if not isinstance(space, dict) or not space:
+        raise ConfigError("search.space: name at least one config key and its values, e.g. "
+                          "loss.lambd: [0.0025, 0.01]")
+    for key, values in space.items():
+        if key == "seed":
+            raise ConfigError("search.space.seed: list seeds under search.seeds")
+        if isinstance(values, list):
+            if not values:
+                raise ConfigError(f"search.space.{key}: the list of values is empty")
+            continue
+        if mode == "grid":
+            raise ConfigError(f"search.space.{key}: a grid needs a list of values, got {values!r}")
+        if not (isinstance(values, dict) and len(values) == 1 and next(iter(values)) in DISTRIBUTIONS):
+            raise ConfigError(f"search.space.{key}: expected a list or one of "
+                              f"{{{', '.join(DISTRIBUTIONS)}: [...]}}, got {values!r}")
+        (kind, bounds), = values.items()
+        if kind != "choice":
+            if not (isinstance(bounds, list) and len(bounds) == 2 and bounds[0] < bounds[1]):
+                raise ConfigError(f"search.space.{key}.{kind}: expected [low, high] with low < high")
+            if kind == "loguniform" and bounds[0] <= 0:
+                raise ConfigError(f"search.space.{key}.loguniform: bounds must be > 0")
+    return space
+
+
+def _draw(spec: Any, rng: np.random.Generator) -> Any:
+    if isinstance(spec, list):
+        return spec[int(rng.integers(len(spec)))]
+    (kind, bounds), = spec.items()
+    if kind == "choice":
+        return bounds[int(rng.integers(len(bounds)))]
+    low, high = bounds
+    if kind == "randint":
+        return int(rng.integers(low, high + 1))
+    if kind == "uniform":
+        return float(rng.uniform(low, high))
+    return float(math.exp(rng.uniform(math.log(low), math.log(high))))
+
+
+def _points(mode: str, space: dict, num_samples: int, seed: int) -> list[dict]:
+    keys = list(space)
+    if mode == "grid":
+        return [dict(zip(keys, values)) for values in itertools.product(*space.values())]
+    rng = np.random.default_rng([seed, 2021])
+    return [{k: _draw(space[k], rng) for k in keys} for _ in range(num_samples)]
+
+
+def _as_override(key: str, value: Any) -> str:
+    if isinstance(value, (dict, list)):
+        raise ConfigError(f"{key}: a swept value must be a number, string or true/false, got {value!r}")
+    return f"{key}={value}"
+
+
+def load_sweep(path: Path | str, *, name: str | None = None, storage_path: str | None = None,
+               overrides: list[str] | tuple[str, ...] = (), check_data: bool = True) -> SweepConfig:
+    """Read and check a sweep file; every trial's pretraining config is validated (and, with
+    check_data, against its prepared data set)."""
+    path = Path(path).resolve()
+    raw = _read_yaml(path)  # a sweep file may start from another with `base:`, too
+    unknown = set(raw) - _TOP
+    if unknown:
+        raise ConfigError(f"{sorted(unknown)[0]}: unknown key in {path.name}; known: "
+                          f"{', '.join(sorted(_TOP))}")
+    if "experiment" not in raw:
+        raise ConfigError(f"experiment: {path.name} must name the pretraining config every trial "
+                          "starts from, e.g. experiment: cifar10_demo.yaml")
+    experiment = (path.parent / raw["experiment"]).resolve()
+    name = name or raw.get("name") or path.stem
+    storage = storage_path or raw.get("storage_path") or "runs/sweeps"
+    if "://" in str(storage):
+        raise ConfigError(f"storage_path: {storage!r} is a URI; a sweep's trials write TensorBoard "
+                          "and records into their folder directly, so give a filesystem path "
+                          "that every node mounts (on a cluster: cluster.yaml mounts the results bucket at "
+                          "/mnt/results on every node)")
+    # Relative paths are taken from the current directory, as in the pretraining configs.
+    run_dir = Path(storage).expanduser().resolve() / name
+
+    search = _section(raw, "search", {"mode", "space", "seeds", "num_samples", "seed"})
+    mode = search.get("mode", "grid")
+    if mode not in ("grid", "random"):
+        raise ConfigError(f"search.mode: {mode!r}: choose grid or random")
+    space = _check_space(search.get("space"), mode)
+    seeds = search.get("seeds", [0])
+    if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) for s in seeds)
+            and len(set(seeds)) == len(seeds)):
+        raise ConfigError(f"search.seeds: expected a list of distinct integers, got {seeds!r}")
+    num_samples = search.get("num_samples", 1)
+    if not isinstance(num_samples, int) or num_samples < 1:
+        raise ConfigError(f"search.num_samples: must be an integer >= 1, got {num_samples!r}")
+    if mode == "grid" and num_samples != 1:
+        raise ConfigError("search.num_samples: a grid runs every point once per seed; repeat "
+                          "points with search.seeds, or use mode: random")
+
+    ev = _section(raw, "evaluate", {"protocols", "transfer", "baseline", "settings"})
+    protocols = parse_protocols(ev.get("protocols", ["linear", "knn"]))
+    transfer = tuple(str(Path(d).expanduser().resolve()) for d in ev.get("transfer") or [])
+    try:
+        settings = EvalSettings.from_dict(ev.get("settings") or {})
+    except ConfigError as err:
+        raise ConfigError(f"evaluate.settings: {err}") from None
+
+    resources = _section(raw, "resources", {"max_concurrent_trials"})
+    concurrent = resources.get("max_concurrent_trials", 1)
+    if not isinstance(concurrent, int) or concurrent < 1:
+        raise ConfigError(f"resources.max_concurrent_trials: must be an integer >= 1, got {concurrent!r}")
+
+    scheduler = raw.get("scheduler")
+    if scheduler is not None:
+        scheduler = _section(raw, "scheduler", {"type", "metric", "grace_period", "reduction_factor"})
+        if scheduler.get("type", "asha") != "asha":
+            raise ConfigError(f"scheduler.type: {scheduler['type']!r}: only asha is supported")
+        scheduler = {"type": "asha", "metric": scheduler.get("metric", "probe/top1"),
+                     "grace_period": int(scheduler.get("grace_period", 1)),
+                     "reduction_factor": int(scheduler.get("reduction_factor", 2))}
+
+    fixed = raw.get("set") or {}
+    if not isinstance(fixed, dict):
+        raise ConfigError(f"set: expected a mapping of dotted keys, got {fixed!r}")
+    fixed = {**fixed, **dict(o.split("=", 1) for o in overrides if "=" in o)}
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ConfigError(f"--set {bad[0]!r}: expected key=value")
+
+    trials = []
+    points = _points(mode, space, num_samples, int(search.get("seed", 0)))
+    for seed in seeds:
+        for point in points:
+            trial_id = f"t{len(trials):04d}"
+            params = {**point, "seed": seed}
+            items = [_as_override(k, v) for k, v in {**fixed, **params}.items()]
+            try:
+                cfg = load_config(experiment, items, name="pretrain",
+                                  storage_path=str(run_dir / "trials" / trial_id),
+                                  check_data=check_data)
+            except ConfigError as err:
+                raise ConfigError(f"trial {trial_id} ({params}): {err}") from None
+            trials.append(TrialSpec(trial_id, params, cfg))
+    if scheduler and scheduler["metric"] not in SCHEDULER_METRICS:
+        raise ConfigError(f"scheduler.metric: {scheduler['metric']!r}: choose one of the metrics "
+                          f"the training loop reports every epoch: {', '.join(SCHEDULER_METRICS)}")
+    if scheduler and scheduler["metric"] == "probe/top1" and not all(t.config.probe.enabled for t in trials):
+        raise ConfigError("scheduler.metric: probe/top1 needs probe.enabled: true in every trial")
+    return SweepConfig(path, name, experiment, run_dir, fixed, mode, space, tuple(seeds),
+                       num_samples, int(search.get("seed", 0)), protocols, transfer,
+                       bool(ev.get("baseline", True)), settings, concurrent, scheduler,
+                       raw.get("metric"), tuple(trials))

@@ -1,0 +1,169 @@
+"""Real sweeps on a local Ray instance: Ray Tune over Ray Train trials on real CIFAR-10.
+
+The demo sweep pretrains on the 10% label subset of the whole CIFAR-10 training set, so that
+the claim of the evaluation issue is checked on real data: every pretrained backbone beats a
+random-init backbone under the linear probe and kNN. The resume sweep is smaller (400 images,
+16 px crops): its subject is the bookkeeping, not the accuracy.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from data_prep import prepare
+from harness.results import read_baselines, read_trials
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def _harness(*args: str, **kwargs) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    return subprocess.Popen([sys.executable, "-m", "harness.cli", *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def _run(*args: str, timeout: float = 900) -> str:
+    proc = _harness(*args)
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out[-6000:]
+    return out
+
+
+def _sweep_file(tmp_path: Path, data_dir: Path, name: str, *, space: dict, settings: dict,
+                fixed: dict, concurrent: int = 2) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": name, "experiment": str(REPO / "experiments" / "cifar10_demo.yaml"),
+        "storage_path": str(tmp_path / "sweeps"), "set": {"data.dir": str(data_dir), **fixed},
+        "search": {"mode": "grid", "space": space, "seeds": [0]},
+        "evaluate": {"protocols": ["linear", "knn"], "baseline": True,
+                     "settings": {"loader_workers": 1, **settings}},
+        "resources": {"max_concurrent_trials": concurrent}, "metric": "knn/k200_top1"}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def cifar_full(shared_datasets, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("cifar10_full")
+    prepare([str(shared_datasets / "cifar10" / "train.tar.gz"),
+             str(shared_datasets / "cifar10" / "test.tar.gz")], out, write_mode="raw",
+            num_workers=2, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def demo_sweep(cifar_full, tmp_path_factory) -> tuple[Path, str]:
+    tmp = tmp_path_factory.mktemp("demo")
+    path = _sweep_file(tmp, cifar_full, "demo",
+                       space={"loss.lambd": [0.0025, 0.01], "model.projector": ["512-512", "1024-1024"]},
+                       settings={"train_images": 1000, "test_images": 500},
+                       fixed={"epochs": 2, "run.checkpoint_every": 2})
+    out = _run("sweep", str(path))
+    return tmp / "sweeps" / "demo", out
+
+
+def test_demo_sweep_beats_random_init_on_every_trial(demo_sweep):
+    run_dir, out = demo_sweep
+    trials = read_trials(run_dir)
+    assert [t["trial_id"] for t in trials] == ["t0000", "t0001", "t0002", "t0003"]
+    baseline = read_baselines(run_dir)
+    assert set(baseline) == {"linear", "knn"}
+    assert all(b["init"] == "random" for b in baseline.values())
+    for t in trials:
+        assert t["status"] == "ok", t
+        assert set(t["evals"]) == {"linear", "knn"}
+        assert t["train"]["epochs"] == 2 and t["train"]["images_per_s"] > 0
+        linear, knn = t["evals"]["linear"]["metrics"], t["evals"]["knn"]["metrics"]
+        assert linear["top1"] > baseline["linear"]["metrics"]["top1"] + 0.02, (t, baseline)
+        assert knn["k200_top1"] > baseline["knn"]["metrics"]["k200_top1"] + 0.02, (t, baseline)
+        record = t["evals"]["linear"]
+        assert record["checkpoint"]["config"]["loss"]["lambd"] == t["params"]["loss.lambd"]
+        assert record["data"]["train_images"] == 1000 and record["data"]["test_images"] == 500
+    assert "random init" in out and "★" in out
+
+
+def test_demo_sweep_report_and_tensorboard(demo_sweep):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir, _ = demo_sweep
+    report = run_dir / "report"
+    rows = (report / "results.csv").read_text().splitlines()
+    assert len(rows) == 1 + 4 + 1  # header, trials, random init
+    assert {p.name for p in report.glob("*.png")} == {"accuracy_vs_lambda.png",
+                                                      "accuracy_vs_projector_width.png"}
+    scalars = EventAccumulator(str(run_dir / "trials" / "t0003" / "pretrain" / "tensorboard"))
+    scalars.Reload()
+    assert "loss/total" in scalars.Tags()["scalars"]
+    assert len(scalars.Scalars("loss/total")) == 2
+    hparams = EventAccumulator(str(report / "tensorboard" / "hparams" / "t0003"))
+    hparams.Reload()
+    content = hparams.PluginTagToContent("hparams")
+    assert content  # the session-start summary with the trial's hyperparameters
+    start = next(iter(content.values()))
+    assert b"loss.lambd" in start and b"model.projector" in start
+
+
+@pytest.fixture(scope="module")
+def tiny_data(cifar_prepared) -> Path:
+    return cifar_prepared
+
+
+def _ray_processes() -> list[str]:
+    out = subprocess.run(["pgrep", "-af", "raylet|gcs_server"], capture_output=True, text=True)
+    return [line for line in out.stdout.splitlines() if "pgrep" not in line]
+
+
+def test_killed_sweep_resumes_only_unfinished_trials_and_nan_fails(tiny_data, tmp_path):
+    before = set(_ray_processes())
+    # One trial at a time: t0000 and t0002 train; t0001 and t0003 (loss scale 1e38) overflow
+    # at their first step.
+    path = _sweep_file(tmp_path, tiny_data, "resume",
+                       space={"loss.lambd": [0.0051, 0.01], "loss.scale": [0.1, 1e38]},
+                       settings={"test_images": 50}, concurrent=1,
+                       fixed={"epochs": 2, "data.subset": "null", "data.resolution": 16,
+                              "batch_size": 64, "run.checkpoint_every": 1})
+    run_dir = tmp_path / "sweeps" / "resume"
+    driver = _harness("sweep", str(path), start_new_session=True)
+    deadline = time.monotonic() + 600
+    finished: list[dict] = []
+    while time.monotonic() < deadline and driver.poll() is None:
+        finished = [t for t in read_trials(run_dir) if t["status"] in ("ok", "failed")]
+        if len(finished) >= 2:
+            break
+        time.sleep(1)
+    assert driver.poll() is None, driver.communicate()[0][-4000:]
+    assert len(finished) >= 2, "no trial finished in time"
+    os.kill(driver.pid, signal.SIGKILL)  # the driver only: Ray's processes share its fate
+    driver.wait()
+    driver.stdout.close()
+    kept = {t["trial_id"]: (run_dir / "trials" / t["trial_id"] / "trial.json").read_bytes()
+            for t in finished}
+    deadline = time.monotonic() + 60
+    while set(_ray_processes()) - before and time.monotonic() < deadline:
+        time.sleep(1)
+    assert not set(_ray_processes()) - before, "Ray outlived its killed driver"
+
+    out = _run("sweep", str(path), "--resume")
+    assert f"{len(kept)} already finished" in out
+    trials = {t["trial_id"]: t for t in read_trials(run_dir)}
+    for trial_id, raw in kept.items():  # finished results untouched, not run again
+        assert (run_dir / "trials" / trial_id / "trial.json").read_bytes() == raw
+        launches = run_dir / "trials" / trial_id / "pretrain" / "launches.jsonl"
+        assert len(launches.read_text().splitlines()) == 1
+    for trial_id in ("t0001", "t0003"):
+        assert trials[trial_id]["status"] == "failed"
+        assert trials[trial_id]["error"].startswith("loss is inf at epoch 1 (step 1)")
+        assert trials[trial_id]["evals"] == {}
+    for trial_id in ("t0000", "t0002"):
+        assert trials[trial_id]["status"] == "ok"
+        assert set(trials[trial_id]["evals"]) == {"linear", "knn"}
+    assert set(read_baselines(run_dir)) == {"linear", "knn"}
+    table = (run_dir / "report" / "results.md").read_text()
+    assert "failed: loss is inf at epoch 1 (step 1)" in table

@@ -1,0 +1,78 @@
+"""Sweep files: the trial list they expand to, and the errors they give before Ray starts."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from harness.config import ConfigError
+from harness.sweep_config import load_sweep
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def data_dir(cifar_prepared) -> Path:
+    return cifar_prepared
+
+
+def _write(tmp_path: Path, data_dir: Path, **changes) -> Path:
+    raw = {"name": "s", "experiment": str(REPO / "experiments" / "cifar10_demo.yaml"),
+           "storage_path": str(tmp_path / "sweeps"),
+           "set": {"data.dir": str(data_dir), "data.subset": "null", "batch_size": 64},
+           "search": {"mode": "grid", "space": {"loss.lambd": [0.002, 0.02],
+                                                "model.projector": ["64-64", "128-128"]},
+                      "seeds": [0, 1]},
+           "evaluate": {"protocols": ["linear", "knn"]}}
+    for key, value in changes.items():
+        if value is None:
+            raw.pop(key, None)
+        else:
+            raw[key] = value
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_grid_expands_every_point_per_seed(tmp_path, data_dir):
+    sweep = load_sweep(_write(tmp_path, data_dir))
+    assert [t.trial_id for t in sweep.trials] == [f"t{i:04d}" for i in range(8)]
+    assert sweep.trials[0].params == {"loss.lambd": 0.002, "model.projector": "64-64", "seed": 0}
+    assert sweep.trials[7].params == {"loss.lambd": 0.02, "model.projector": "128-128", "seed": 1}
+    cfg = sweep.trials[7].config
+    assert (cfg.loss.lambd, cfg.model.projector, cfg.seed, cfg.batch_size) == (0.02, "128-128", 1, 64)
+    assert cfg.data.subset is None
+    assert cfg.run.run_dir == tmp_path / "sweeps" / "s" / "trials" / "t0007" / "pretrain"
+
+
+def test_random_search_is_seeded_and_in_bounds(tmp_path, data_dir):
+    search = {"mode": "random", "num_samples": 5, "seed": 3,
+              "space": {"loss.lambd": {"loguniform": [1e-3, 1e-1]},
+                        "batch_size": [32, 64], "optimizer.lr_weights": {"uniform": [0.1, 0.5]}}}
+    first = load_sweep(_write(tmp_path, data_dir, search=search))
+    again = load_sweep(_write(tmp_path, data_dir, search=search))
+    assert [t.params for t in first.trials] == [t.params for t in again.trials]
+    assert len({t.params["loss.lambd"] for t in first.trials}) == 5
+    for t in first.trials:
+        assert 1e-3 <= t.params["loss.lambd"] <= 1e-1 and t.params["batch_size"] in (32, 64)
+        assert t.config.batch_size == t.params["batch_size"]
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"search": {"space": {"loss.lambd": {"loguniform": [1e-3, 1e-1]}}}}, "a grid needs a list"),
+    ({"search": {"mode": "random", "space": {"loss.lambd": {"normal": [0, 1]}}}},
+     "expected a list or one of"),
+    ({"search": {"space": {"loss.lamb": [0.1]}}}, "loss.lamb: unknown key"),
+    ({"search": {"space": {"batch_size": [4096]}}}, "trial t0000"),
+    ({"search": {"space": {}}}, "name at least one config key"),
+    ({"storage_path": "s3://bucket/sweeps"}, "is a URI"),
+    ({"evaluate": {"protocols": ["linear", "probe"]}}, "unknown evaluation protocol 'probe'"),
+    ({"evaluate": {"settings": {"knn_k": "x"}}}, "evaluate.settings"),
+    ({"scheduler": {"type": "asha", "metric": "knn/k200_top1"}}, "reports every epoch"),
+    ({"experiment": None}, "must name the pretraining config"),
+    ({"extra": 1}, "extra: unknown key"),
+])
+def test_bad_sweep_files(tmp_path, data_dir, changes, message):
+    path = _write(tmp_path, data_dir, **changes)
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_sweep(path)
