@@ -95,6 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", default=None, help="storage folder of runs (run.storage_path)")
     p.add_argument("--address", default=None,
                    help="join this Ray cluster (default: start a local instance on 127.0.0.1)")
+    p.add_argument("--eval", nargs="+", default=None, metavar="P",
+                   help="then evaluate the last checkpoint on the run's workers: linear, knn, "
+                        "semi, transfer (records in RUN_DIR/eval, random-init baseline included)")
+    p.add_argument("--eval-transfer", nargs="+", default=[], metavar="DIR",
+                   help="data sets for --eval transfer")
+    p.add_argument("--eval-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="an evaluation setting (see `harness eval`), e.g. test_images=1000")
     p.set_defaults(func=_pretrain)
 
     p = sub.add_parser("export", help="write backbone.pt / projector.pt from a checkpoint")

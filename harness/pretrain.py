@@ -116,19 +116,57 @@ def pretrain_command(args: argparse.Namespace) -> int:
           f"projector {cfg.model.projector}, batch {cfg.batch_size} over "
           f"{cfg.workers.num_workers} {'GPU' if cfg.workers.use_gpu else 'CPU'} worker(s), "
           f"{cfg.epochs} epochs")
+    evaluation = _eval_plan(cfg, args) if args.eval else None  # checked before training
+    started = start_ray(args.address) if evaluation else False
     try:
-        result = pretrain(cfg, address=args.address)
-    except ray.train.TrainingFailedError as err:
-        print(f"harness pretrain: the run failed: {err}")
-        return 1
-    diverged = read_divergence(cfg.run.run_dir)
-    if diverged:
-        print(f"harness pretrain: the run failed: {diverged}; lower the learning rate or check "
-              "the data")
-        return 1
-    m = result.metrics or {}
-    print(f"harness pretrain: done at epoch {m.get('epoch')}, step {m.get('step')}; "
-          f"checkpoint {result.checkpoint.path if result.checkpoint else None}; "
-          f"export {cfg.run.run_dir / 'export'}; "
-          f"TensorBoard: tensorboard --logdir {cfg.run.run_dir / 'tensorboard'}")
-    return 0
+        try:
+            result = pretrain(cfg, address=args.address)
+        except ray.train.TrainingFailedError as err:
+            print(f"harness pretrain: the run failed: {err}")
+            return 1
+        diverged = read_divergence(cfg.run.run_dir)
+        if diverged:
+            print(f"harness pretrain: the run failed: {diverged}; lower the learning rate or "
+                  "check the data")
+            return 1
+        m = result.metrics or {}
+        print(f"harness pretrain: done at epoch {m.get('epoch')}, step {m.get('step')}; "
+              f"checkpoint {result.checkpoint.path if result.checkpoint else None}; "
+              f"export {cfg.run.run_dir / 'export'}; "
+              f"TensorBoard: tensorboard --logdir {cfg.run.run_dir / 'tensorboard'}")
+        if evaluation:
+            _evaluate_run(cfg, args, *evaluation)
+        return 0
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _eval_plan(cfg: PretrainConfig, args: argparse.Namespace):
+    """(protocols, settings) of `--eval`, with the data set checked against them now."""
+    from harness.evaluation.command import settings_from
+    from harness.evaluation.data import EvalData
+    from harness.evaluation.settings import parse_protocols
+
+    protocols = parse_protocols(args.eval)
+    settings = settings_from(None, args.eval_set)
+    data = EvalData.open(cfg.data.dir, settings, settings.resolution or cfg.data.resolution)
+    if "semi" in protocols:
+        for subset in settings.semi_subset_names():
+            data.subset_indices(subset)
+    if "transfer" in protocols and not args.eval_transfer:
+        raise ConfigError("--eval transfer: give the other data sets with --eval-transfer DIR")
+    return protocols, settings
+
+
+def _evaluate_run(cfg: PretrainConfig, args: argparse.Namespace, protocols, settings) -> None:
+    from harness.evaluation.command import print_record, write_records
+    from harness.evaluation.remote import evaluate_in_ray
+
+    records = evaluate_in_ray(cfg.run.run_dir, protocols, cfg.data.dir,
+                              transfer_dirs=args.eval_transfer, settings=settings,
+                              workers=cfg.workers, init="both")
+    for record in records:
+        print_record(record)
+    write_records(records, cfg.run.run_dir / "eval")
+    print(f"harness pretrain: {len(records)} evaluation records in {cfg.run.run_dir / 'eval'}")

@@ -180,3 +180,26 @@ def test_resuming_with_another_model_is_refused_before_training(resumed_run, tin
     with pytest.raises(ConfigError, match=r"^model\.projector: .*trained with"):
         pretrain(cfg)
     assert (run_dir / "launches.jsonl").read_text() == launches  # no trainer was launched
+
+
+def test_pretrain_command_evaluates_its_run_last(local_ray, tiny_yaml, capsys):
+    from harness.cli import main
+
+    code = main(["pretrain", str(tiny_yaml), "--name", "with_eval", "--set", "epochs=1",
+                 "--eval", "knn", "--eval-set", "loader_workers=1", "--eval-set", "knn_k=5"])
+    assert code == 0, capsys.readouterr().err
+    run_dir = load_config(tiny_yaml, name="with_eval").run.run_dir
+    pretrained = json.loads((run_dir / "eval" / "knn.json").read_text())
+    random_init = json.loads((run_dir / "eval" / "baseline" / "knn.json").read_text())
+    assert (pretrained["init"], random_init["init"]) == ("pretrained", "random")
+    assert pretrained["checkpoint"]["epoch"] == 1 and "k5_top1" in pretrained["metrics"]
+
+
+def test_pretrain_command_checks_eval_input_before_training(tiny_yaml, capsys):
+    from harness.cli import main
+
+    code = main(["pretrain", str(tiny_yaml), "--name", "bad_eval", "--eval", "semi",
+                 "--eval-set", "semi_subsets=5pct"])
+    assert code == 2
+    assert "no label subset '5pct'" in capsys.readouterr().err
+    assert not load_config(tiny_yaml, name="bad_eval").run.run_dir.exists()

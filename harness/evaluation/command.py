@@ -19,7 +19,7 @@ from harness.evaluation.runner import evaluate
 from harness.evaluation.settings import EvalSettings, parse_protocols
 from harness.results import write_json_atomic
 
-__all__ = ["eval_command", "settings_from", "write_records", "default_out"]
+__all__ = ["eval_command", "print_record", "settings_from", "write_records", "default_out"]
 
 
 def settings_from(config: str | None, overrides: list[str], **values) -> EvalSettings:
@@ -56,10 +56,10 @@ def write_records(records: list[dict], out: Path) -> list[Path]:
     return paths
 
 
-def _line(record: dict) -> str:
+def print_record(record: dict) -> None:
     metrics = ", ".join(f"{k} {100 * v:.1f}" for k, v in record["metrics"].items())
-    return (f"{record['init']:>10}  {record['name']:<22} {record['dataset']:<16} {metrics}  "
-            f"({record['wall_time_s']:.0f} s)")
+    print(f"{record['init']:>10}  {record['name']:<22} {record['dataset']:<16} {metrics}  "
+          f"({record['wall_time_s']:.0f} s)", flush=True)
 
 
 def eval_command(args: argparse.Namespace) -> int:
@@ -73,7 +73,7 @@ def eval_command(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     records = evaluate(backbone, protocols, args.data, transfer_dirs=args.transfer,
                        settings=settings, with_baseline=not args.no_baseline,
-                       log=lambda record: print(_line(record), flush=True))
+                       log=print_record)
     write_records(records, out)
     print(f"harness eval: {len(records)} records in {out} ({time.perf_counter() - start:.0f} s)")
     return 0
