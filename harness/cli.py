@@ -129,7 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the randomly initialised reference backbone")
     p.set_defaults(func=_eval)
 
-    p = sub.add_parser("sweep", help="a Ray Tune sweep of pretraining configs, each trial evaluated")
+    p = sub.add_parser("sweep", help="a Ray Tune sweep of pretraining configs, each trial "
+                                     "evaluated")
     p.add_argument("config", help="a sweep file, e.g. experiments/sweep_cifar10_demo.yaml")
     p.add_argument("--resume", action="store_true",
                    help="continue the sweep in its folder (running the command again does too); "

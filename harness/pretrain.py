@@ -30,7 +30,8 @@ from harness.provenance import record_provenance  # noqa: E402
 from harness.run_log import read_divergence  # noqa: E402
 from harness.train import train_loop  # noqa: E402
 
-__all__ = ["pretrain", "build_trainer", "record_launch", "pretrain_command", "check_resume", "check_local_resources", "provenance"]
+__all__ = ["pretrain", "build_trainer", "record_launch", "pretrain_command", "check_resume",
+           "check_local_resources", "provenance"]
 
 def check_resume(cfg: PretrainConfig) -> Path | None:
     """The run's newest checkpoint, after checking it was made by the same model."""

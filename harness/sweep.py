@@ -179,7 +179,8 @@ def _tuner(sweep: SweepConfig, specs: list[dict], local: bool, concurrency: int)
 
         metric = sweep.scheduler["metric"]
         mode = SCHEDULER_METRICS[metric]
-        scheduler = ASHAScheduler(time_attr="epoch", max_t=max(t.config.epochs for t in sweep.trials),
+        scheduler = ASHAScheduler(time_attr="epoch",
+                                  max_t=max(t.config.epochs for t in sweep.trials),
                                   grace_period=sweep.scheduler["grace_period"],
                                   reduction_factor=sweep.scheduler["reduction_factor"])
     return tune.Tuner(
@@ -218,7 +219,8 @@ def _baseline(sweep: SweepConfig) -> None:
             return
 
 
-def run_sweep(sweep: SweepConfig, *, address: str | None = None, resume: bool = False) -> list[dict]:
+def run_sweep(sweep: SweepConfig, *, address: str | None = None,
+              resume: bool = False) -> list[dict]:
     """Run the sweep's unfinished trials; returns every trial's record."""
     done = {k: v for k, v in _check_existing(sweep, resume).items() if v in FINISHED}
     todo = [t for t in sweep.trials if t.trial_id not in done]

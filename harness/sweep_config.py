@@ -83,7 +83,8 @@ class SweepConfig:
 
     def describe(self) -> dict:
         """The sweep.json fields (harness.results)."""
-        return {"name": self.name, "config_file": str(self.path), "experiment": str(self.experiment),
+        return {"name": self.name, "config_file": str(self.path),
+                "experiment": str(self.experiment),
                 "space": self.space, "mode": self.mode, "seeds": list(self.seeds),
                 "num_samples": self.num_samples, "set": self.overrides, "metric": self.metric,
                 "protocols": list(self.protocols), "transfer": list(self.transfer),
@@ -98,7 +99,8 @@ def _section(raw: dict, key: str, allowed: set[str]) -> dict:
         raise ConfigError(f"{key}: expected a mapping, got {value!r}")
     unknown = set(value) - allowed
     if unknown:
-        raise ConfigError(f"{key}.{sorted(unknown)[0]}: unknown key; known: {', '.join(sorted(allowed))}")
+        raise ConfigError(f"{key}.{sorted(unknown)[0]}: unknown key; known: "
+                          f"{', '.join(sorted(allowed))}")
     return value
 
 
@@ -115,13 +117,15 @@ def _check_space(space: Any, mode: str) -> dict:
             continue
         if mode == "grid":
             raise ConfigError(f"search.space.{key}: a grid needs a list of values, got {values!r}")
-        if not (isinstance(values, dict) and len(values) == 1 and next(iter(values)) in DISTRIBUTIONS):
+        if not (isinstance(values, dict) and len(values) == 1
+                and next(iter(values)) in DISTRIBUTIONS):
             raise ConfigError(f"search.space.{key}: expected a list or one of "
                               f"{{{', '.join(DISTRIBUTIONS)}: [...]}}, got {values!r}")
         (kind, bounds), = values.items()
         if kind != "choice":
             if not (isinstance(bounds, list) and len(bounds) == 2 and bounds[0] < bounds[1]):
-                raise ConfigError(f"search.space.{key}.{kind}: expected [low, high] with low < high")
+                raise ConfigError(f"search.space.{key}.{kind}: expected [low, high], "
+                                  "low < high")
             if kind == "loguniform" and bounds[0] <= 0:
                 raise ConfigError(f"search.space.{key}.loguniform: bounds must be > 0")
     return space
@@ -151,7 +155,8 @@ def _points(mode: str, space: dict, num_samples: int, seed: int) -> list[dict]:
 
 def _as_override(key: str, value: Any) -> str:
     if isinstance(value, (dict, list)):
-        raise ConfigError(f"{key}: a swept value must be a number, string or true/false, got {value!r}")
+        raise ConfigError(f"{key}: a swept value must be a number, string or true/false, "
+                          f"got {value!r}")
     return f"{key}={value}"
 
 
@@ -174,8 +179,8 @@ def load_sweep(path: Path | str, *, name: str | None = None, storage_path: str |
     if "://" in str(storage):
         raise ConfigError(f"storage_path: {storage!r} is a URI; a sweep's trials write TensorBoard "
                           "and records into their folder directly, so give a filesystem path "
-                          "that every node mounts (on a cluster: cluster.yaml mounts the results bucket at "
-                          "/mnt/results on every node)")
+                          "that every node mounts (on a cluster: cluster.yaml mounts the "
+                          "results bucket at /mnt/results on every node)")
     # Relative paths are taken from the current directory, as in the pretraining configs.
     run_dir = Path(storage).expanduser().resolve() / name
 
@@ -206,11 +211,13 @@ def load_sweep(path: Path | str, *, name: str | None = None, storage_path: str |
     resources = _section(raw, "resources", {"max_concurrent_trials"})
     concurrent = resources.get("max_concurrent_trials", 1)
     if not isinstance(concurrent, int) or concurrent < 1:
-        raise ConfigError(f"resources.max_concurrent_trials: must be an integer >= 1, got {concurrent!r}")
+        raise ConfigError(f"resources.max_concurrent_trials: must be an integer >= 1, "
+                          f"got {concurrent!r}")
 
     scheduler = raw.get("scheduler")
     if scheduler is not None:
-        scheduler = _section(raw, "scheduler", {"type", "metric", "grace_period", "reduction_factor"})
+        scheduler = _section(raw, "scheduler",
+                             {"type", "metric", "grace_period", "reduction_factor"})
         if scheduler.get("type", "asha") != "asha":
             raise ConfigError(f"scheduler.type: {scheduler['type']!r}: only asha is supported")
         scheduler = {"type": "asha", "metric": scheduler.get("metric", "probe/top1"),
@@ -242,7 +249,8 @@ def load_sweep(path: Path | str, *, name: str | None = None, storage_path: str |
     if scheduler and scheduler["metric"] not in SCHEDULER_METRICS:
         raise ConfigError(f"scheduler.metric: {scheduler['metric']!r}: choose one of the metrics "
                           f"the training loop reports every epoch: {', '.join(SCHEDULER_METRICS)}")
-    if scheduler and scheduler["metric"] == "probe/top1" and not all(t.config.probe.enabled for t in trials):
+    if (scheduler and scheduler["metric"] == "probe/top1"
+            and not all(t.config.probe.enabled for t in trials)):
         raise ConfigError("scheduler.metric: probe/top1 needs probe.enabled: true in every trial")
     return SweepConfig(path, name, experiment, run_dir, fixed, mode, space, tuple(seeds),
                        num_samples, int(search.get("seed", 0)), protocols, transfer,

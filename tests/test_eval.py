@@ -102,7 +102,8 @@ def test_fast_linear_agrees_with_sklearn(features):
     assert (ours == reference.predict(test_x.numpy())).mean() >= 0.98
     metrics, used = linear_fast(train_f, train_y, test_f, test_y, num_classes=10, l2=l2, seed=0)
     assert metrics["top1"] == pytest.approx(reference.score(test_x.numpy(), test_y.numpy()), abs=0.02)
-    assert used == {"l2": l2, "l2_chosen_on_holdout": False}
+    assert (used["l2"], used["l2_chosen_on_holdout"]) == (l2, False)
+    assert 0.0 <= used["train_top1"] <= 1.0
 
 
 def test_labelled_loader_reads_exactly_the_given_indices(cifar_data):

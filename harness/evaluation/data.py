@@ -124,8 +124,8 @@ class EvalData:
             raise ValueError(f"{data_dir}: classes {empty[:5]} have no {settings.train_split} "
                              "images, so no classifier can learn them; prepare the data set "
                              "with images of every class in both splits")
-        smallest = min(min(splits[s]["image_size"]["min_height"], splits[s]["image_size"]["min_width"])
-                       for s in (settings.train_split, settings.test_split))
+        sizes = [splits[s]["image_size"] for s in (settings.train_split, settings.test_split)]
+        smallest = min(min(size["min_height"], size["min_width"]) for size in sizes)
         if resolution > _MAX_UPSCALE * smallest:
             raise ValueError(f"{data_dir} holds images as small as {smallest} px: evaluating at "
                              f"{resolution} px would upsample them more than {_MAX_UPSCALE:g}x. "

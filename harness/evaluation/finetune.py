@@ -73,7 +73,8 @@ def finetune(backbone: nn.Module, feature_dim: int, data: EvalData, subset: str,
     with torch.no_grad():
         hits = topk_correct(head(test_f.to(device)).cpu(), test_y)
     return ({"top1": hits[1] / len(test_y), "top5": hits[5] / len(test_y)},
-            {"final_train_loss": float(loss), "subset": subset, "subset_file": data.manifest["subsets"][subset]["file"],
+            {"final_train_loss": loss.item(), "subset": subset,
+             "subset_file": data.manifest["subsets"][subset]["file"],
              "train_images": len(indices), "train_indices_sha256": indices_digest(indices),
              "first_epoch_labels": {int(k): v for k, v in sorted(seen.items())},
              "epochs": s.semi_epochs, "lr_backbone": lrs[0], "lr_head": lrs[1],

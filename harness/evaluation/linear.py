@@ -116,6 +116,7 @@ def linear_paper(backbone: nn.Module, feature_dim: int, data, test_f: Tensor, te
     with torch.no_grad():
         hits = topk_correct(head(test_f.to(device)).cpu(), test_y)
     return ({"top1": hits[1] / len(test_y), "top5": hits[5] / len(test_y)},
-            {"final_train_loss": float(loss), "epochs": s.linear_epochs, "lr": s.linear_lr, "momentum": s.linear_momentum,
+            {"final_train_loss": loss.item(), "epochs": s.linear_epochs, "lr": s.linear_lr,
+             "momentum": s.linear_momentum,
              "weight_decay": s.linear_weight_decay, "batch_size": batch, "steps": step,
              "augmentation": "random-resized crop (0.08-1) + flip"})
