@@ -117,8 +117,9 @@ def _read_probes(node: str, storage_path: str, token: str, nodes: list[str]) -> 
     missing = [n for n in nodes if n not in found]
     if missing:
         return [f"{_node_name(node)}: storage {storage_path} is not shared: files written "
-                f"there by {len(missing)} other node(s) are not visible. Use an S3 bucket "
-                "(s3://...) or a shared file system mounted at the same path on every node"]
+                f"there by {len(missing)} other node(s) are not visible. Use a shared file "
+                "system mounted at the same path on every node (cluster.yaml mounts the "
+                "results bucket at /mnt/results)"]
     return []
 
 

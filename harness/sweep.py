@@ -46,6 +46,7 @@ from harness.results import (read_baselines, read_json, read_trials, trial_dir, 
                              train_from_metrics, write_baseline, write_sweep, write_trial)
 from harness.run_log import read_divergence, read_metrics  # noqa: E402
 from harness.sweep_config import SCHEDULER_METRICS, SweepConfig, load_sweep  # noqa: E402
+from harness.sweep_storage import download, upload  # noqa: E402
 
 __all__ = ["run_sweep", "sweep_command", "run_trial", "SLOT", "FINISHED"]
 
@@ -107,24 +108,23 @@ def run_trial(config: dict) -> None:
 class _Recorder(tune.Callback):
     """Driver side: trials that ended without writing their record (stopped by ASHA, killed)."""
 
-    def __init__(self, run_dir: Path):
-        self.run_dir = run_dir
+    def __init__(self, run_dir: Path, storage_uri: str | None):
+        self.run_dir, self.storage_uri = run_dir, storage_uri
 
     def _close(self, trial, status: str, error: str | None) -> None:
         spec = trial.config["trial"]
         path = trial_dir(self.run_dir, spec["trial_id"]) / "trial.json"
         record = read_json(path) if path.is_file() else {"trial_id": spec["trial_id"],
                                                           "params": spec["params"]}
-        if record.get("status") in FINISHED:
-            print(f"harness sweep: {spec['trial_id']} {record['status']}"
-                  + (f": {record['error']}" if record.get("error") else ""), flush=True)
-            return
-        metrics = read_metrics(trial_dir(self.run_dir, spec["trial_id"]) / "pretrain")
-        record.update(status=status, error=error, evals={},
-                      train=train_from_metrics(metrics) if metrics else {})
-        write_trial(self.run_dir, record)
-        print(f"harness sweep: {spec['trial_id']} {status}" + (f": {error}" if error else ""),
-              flush=True)
+        if record.get("status") not in FINISHED:
+            metrics = read_metrics(trial_dir(self.run_dir, spec["trial_id"]) / "pretrain")
+            record.update(status=status, error=error, evals={},
+                          train=train_from_metrics(metrics) if metrics else {})
+            write_trial(self.run_dir, record)
+        print(f"harness sweep: {spec['trial_id']} {record['status']}"
+              + (f": {record['error']}" if record.get("error") else ""), flush=True)
+        if self.storage_uri:
+            upload(self.run_dir, self.storage_uri, f"trials/{spec['trial_id']}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         # Returned normally without a final record: the scheduler stopped it.
@@ -179,10 +179,13 @@ def _tuner(sweep: SweepConfig, specs: list[dict], local: bool, concurrency: int)
 
         metric = sweep.scheduler["metric"]
         mode = SCHEDULER_METRICS[metric]
+        # stop_last_trials=False: a trial that reaches its last epoch goes on to its
+        # evaluation; ASHA only stops trials at the rungs before it.
         scheduler = ASHAScheduler(time_attr="epoch",
                                   max_t=max(t.config.epochs for t in sweep.trials),
                                   grace_period=sweep.scheduler["grace_period"],
-                                  reduction_factor=sweep.scheduler["reduction_factor"])
+                                  reduction_factor=sweep.scheduler["reduction_factor"],
+                                  stop_last_trials=False)
     return tune.Tuner(
         tune.with_resources(run_trial, resources),
         param_space={"trial": tune.grid_search(specs)},
@@ -193,7 +196,8 @@ def _tuner(sweep: SweepConfig, specs: list[dict], local: bool, concurrency: int)
         # Tune's JSON and CSV logs only: its TensorBoard logger would add a second HParams
         # experiment to RUN_DIR (the report writes the sweep's own).
         run_config=tune.RunConfig(name="tune", storage_path=str(sweep.run_dir / ".ray"),
-                                  callbacks=[_Recorder(sweep.run_dir), JsonLoggerCallback(),
+                                  callbacks=[_Recorder(sweep.run_dir, sweep.storage_uri),
+                                             JsonLoggerCallback(),
                                              CSVLoggerCallback()], verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=0)),
     )
@@ -222,6 +226,8 @@ def _baseline(sweep: SweepConfig) -> None:
 def run_sweep(sweep: SweepConfig, *, address: str | None = None,
               resume: bool = False) -> list[dict]:
     """Run the sweep's unfinished trials; returns every trial's record."""
+    if sweep.storage_uri and download(sweep.storage_uri, sweep.run_dir):
+        print(f"harness sweep: resuming from {sweep.storage_uri}", flush=True)
     done = {k: v for k, v in _check_existing(sweep, resume).items() if v in FINISHED}
     todo = [t for t in sweep.trials if t.trial_id not in done]
     local = address is None
@@ -233,6 +239,8 @@ def run_sweep(sweep: SweepConfig, *, address: str | None = None,
           f"{len(done)} already finished, {len(todo)} to run, {concurrency} at a time", flush=True)
     sweep.run_dir.mkdir(parents=True, exist_ok=True)
     write_sweep(sweep.run_dir, {**sweep.describe(), "provenance": record_provenance()})
+    if sweep.storage_uri:
+        upload(sweep.run_dir, sweep.storage_uri, "sweep.json")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # see _tuner
     started = start_ray(address, resources={SLOT: concurrency} if local else None)
     try:
@@ -269,10 +277,13 @@ def sweep_command(args: argparse.Namespace) -> int:
         return 130
     report = load_report(sweep.run_dir)
     write_report(report, report_dir(sweep.run_dir))
+    if sweep.storage_uri:
+        upload(sweep.run_dir, sweep.storage_uri)
     print(text(report))
     counts = {s: sum(t["status"] == s for t in trials) for s in ("ok", "failed", "stopped")}
     print(f"harness sweep: done in {time.perf_counter() - start:.0f} s: "
           + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
-          + f". Results: {report_dir(sweep.run_dir)}; "
+          + f". Results: {report_dir(sweep.run_dir)}"
+          + (f" (mirrored to {sweep.storage_uri})" if sweep.storage_uri else "") + "; "
           f"TensorBoard: tensorboard --logdir {sweep.run_dir} --host 127.0.0.1")
     return 0 if counts["ok"] else 1

@@ -2,7 +2,7 @@
 
     name: cifar10_demo
     experiment: cifar10_demo.yaml        # the pretraining config every trial starts from
-    storage_path: runs/sweeps            # RUN_DIR = storage_path/name
+    storage_path: runs/sweeps            # RUN_DIR = storage_path/name; or a URI (s3://...)
     set: {epochs: 4}                     # optional: keys set on every trial
     search:
       mode: grid                         # grid | random
@@ -66,6 +66,7 @@ class SweepConfig:
     name: str
     experiment: Path
     run_dir: Path
+    storage_uri: str | None                # where run_dir is mirrored to, if a URI was given
     overrides: dict[str, Any]
     mode: str
     space: dict[str, Any]
@@ -83,7 +84,7 @@ class SweepConfig:
 
     def describe(self) -> dict:
         """The sweep.json fields (harness.results)."""
-        return {"name": self.name, "config_file": str(self.path),
+        return {"name": self.name, "config_file": str(self.path), "storage_uri": self.storage_uri,
                 "experiment": str(self.experiment),
                 "space": self.space, "mode": self.mode, "seeds": list(self.seeds),
                 "num_samples": self.num_samples, "set": self.overrides, "metric": self.metric,
@@ -176,11 +177,16 @@ def load_sweep(path: Path | str, *, name: str | None = None, storage_path: str |
     experiment = (path.parent / raw["experiment"]).resolve()
     name = name or raw.get("name") or path.stem
     storage = storage_path or raw.get("storage_path") or "runs/sweeps"
+    storage_uri = None
     if "://" in str(storage):
-        raise ConfigError(f"storage_path: {storage!r} is a URI; a sweep's trials write TensorBoard "
-                          "and records into their folder directly, so give a filesystem path "
-                          "that every node mounts (on a cluster: cluster.yaml mounts the "
-                          "results bucket at /mnt/results on every node)")
+        # A URI (s3://, gs://, file://, anything pyarrow.fs opens, as Ray's storage_path): the
+        # sweep works in a local folder, which trials write into directly, and mirrors it to
+        # the URI as trials finish (harness.sweep_storage).
+        from harness.sweep_storage import check_uri, local_root
+
+        storage_uri = f"{str(storage).rstrip('/')}/{name}"
+        check_uri(storage_uri)
+        storage = local_root()
     # Relative paths are taken from the current directory, as in the pretraining configs.
     run_dir = Path(storage).expanduser().resolve() / name
 
@@ -252,7 +258,7 @@ def load_sweep(path: Path | str, *, name: str | None = None, storage_path: str |
     if (scheduler and scheduler["metric"] == "probe/top1"
             and not all(t.config.probe.enabled for t in trials)):
         raise ConfigError("scheduler.metric: probe/top1 needs probe.enabled: true in every trial")
-    return SweepConfig(path, name, experiment, run_dir, fixed, mode, space, tuple(seeds),
+    return SweepConfig(path, name, experiment, run_dir, storage_uri, fixed, mode, space, tuple(seeds),
                        num_samples, int(search.get("seed", 0)), protocols, transfer,
                        bool(ev.get("baseline", True)), settings, concurrent, scheduler,
                        raw.get("metric"), tuple(trials))

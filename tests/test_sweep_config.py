@@ -65,7 +65,7 @@ def test_random_search_is_seeded_and_in_bounds(tmp_path, data_dir):
     ({"search": {"space": {"loss.lamb": [0.1]}}}, "loss.lamb: unknown key"),
     ({"search": {"space": {"batch_size": [4096]}}}, "trial t0000"),
     ({"search": {"space": {}}}, "name at least one config key"),
-    ({"storage_path": "s3://bucket/sweeps"}, "is a URI"),
+    ({"storage_path": "nosuchscheme://bucket/sweeps"}, "cannot open 'nosuchscheme://bucket/sweeps/s'"),
     ({"evaluate": {"protocols": ["linear", "probe"]}}, "unknown evaluation protocol 'probe'"),
     ({"evaluate": {"settings": {"knn_k": "x"}}}, "evaluate.settings"),
     ({"scheduler": {"type": "asha", "metric": "knn/k200_top1"}}, "reports every epoch"),
@@ -76,3 +76,11 @@ def test_bad_sweep_files(tmp_path, data_dir, changes, message):
     path = _write(tmp_path, data_dir, **changes)
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         load_sweep(path)
+
+
+def test_uri_storage_works_locally_and_mirrors(tmp_path, data_dir, monkeypatch):
+    monkeypatch.setenv("BT_SWEEP_CACHE", str(tmp_path / "cache"))
+    sweep = load_sweep(_write(tmp_path, data_dir, storage_path=f"file://{tmp_path / 'bucket'}"))
+    assert sweep.storage_uri == f"file://{tmp_path / 'bucket'}/s"
+    assert sweep.run_dir == tmp_path / "cache" / "s"
+    assert (tmp_path / "bucket" / "s").is_dir()  # opened and written before any trial
