@@ -9,11 +9,12 @@ per-epoch metrics to Tune (TuneReportCallback), which ASHA compares when a sched
 After training, the trial evaluates its newest checkpoint in a Ray task on the CPUs or GPU its
 workers used (harness.evaluation.remote), and writes trials/<id>/trial.json.
 
-Trials share the machine by resources. The trial function itself holds no CPU, so all of them
-are left to its Train workers; on a local instance it holds one unit of a custom resource
-(`harness_trial_slot`, as many as resources.max_concurrent_trials), which is what limits the
-trials running at once. Without it, Tune would start every trial, and their controllers would
-wait on one another's CPUs.
+Trials share the machine by resources. Tune gives a trial function one CPU by default; on a
+2-CPU machine two of them would hold both CPUs and their Train workers could never start. So
+the trial function holds no CPU, leaving all of them to its workers, and on a local instance
+one unit of a custom resource (`harness_trial_slot`, as many as the trials that fit at once)
+limits how many trials start, so that a started trial finds CPUs for its workers. On a cluster,
+Tune's max_concurrent_trials does that.
 
 Resuming: the trial list is fixed by the sweep file (harness.sweep_config). Running the same
 command again (or with --resume) skips trials whose record says ok, failed or stopped, and
