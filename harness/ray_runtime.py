@@ -53,7 +53,12 @@ def start_ray(address: str | None = None, *, num_cpus: int | None = None,
     if address is None:
         # Set in this process before the local instance starts: raylet and workers inherit it.
         os.environ.update(_local_env())
-        ray.init(address="local", include_dashboard=False, num_cpus=num_cpus,
+        # The dashboard (on 127.0.0.1) serves Ray's state API, which Train V2's
+        # PlacementGroupCleaner needs to see that a controller died: without it, a trial that
+        # ASHA stops keeps its placement group, and its CPUs, for good (the next trial then
+        # waits forever; seen here).
+        ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1",
+                 num_cpus=num_cpus,
                  num_gpus=num_gpus, resources=resources, runtime_env=runtime_env)
     else:
         env = {k: os.environ.get(k, v) for k, v in WORKER_ENV.items()}
@@ -64,12 +69,12 @@ def start_ray(address: str | None = None, *, num_cpus: int | None = None,
 def quiet_ray_train_logs() -> None:
     """Runs in every Ray worker process (runtime_env worker_process_setup_hook).
 
-    Without the dashboard (include_dashboard=False) Ray's state API is off, and Train V2's
-    PlacementGroupCleaner warns that it cannot query the controller on every check, about once
-    a second for the whole run. It then keeps going, and cleans up when the controller exits;
-    only that one message is dropped. And every worker logs each ray.train.report, all metrics
-    included, at INFO through Ray's own handler, which RunConfig's LoggingConfig does not reach;
-    the worker loop logs one summary line per epoch instead.
+    While Ray's state API is unavailable (a cluster joined without its dashboard, or the
+    dashboard still starting), Train V2's PlacementGroupCleaner warns that it cannot query the
+    controller on every check, about once a second; it keeps going, and only that one message
+    is dropped. And every worker logs each ray.train.report, all metrics included, at INFO
+    through Ray's own handler, which RunConfig's LoggingConfig does not reach; the worker loop
+    logs one summary line per epoch instead.
     """
     logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner") \
         .addFilter(lambda record: "State API may be temporarily unavailable" not in
