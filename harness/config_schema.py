@@ -27,7 +27,7 @@ import yaml
 
 from harness.data import VIEW_PRESETS, ViewAugment
 from harness.model import ARCHS, parse_projector
-from harness.optim import LR_SCALING
+from harness.optim import LARS_VARIANTS, LR_SCALING
 
 __all__ = [
     "ConfigError", "DataConfig", "ModelConfig", "LossConfig", "OptimizerConfig", "ProbeConfig",
@@ -183,6 +183,9 @@ class OptimizerConfig(_Section):
     momentum: float = 0.9
     end_lr_factor: float = 0.001               # cosine decays to this fraction of the peak
     lr_scaling: str = "linear"                 # peak lr from the batch: linear | sqrt | none
+    # barlowtwins: facebookresearch/barlowtwins' LARS; solo-learn: solo-learn's LARS with its
+    # clip_lr (ratio from the raw gradient's norm, then min(ratio / lr, 1)); see harness.optim
+    lars_variant: str = "barlowtwins"
 
     def __post_init__(self):
         self._check_types()
@@ -200,6 +203,10 @@ class OptimizerConfig(_Section):
                                            "x sqrt(batch/256), or as given)")
         if not 0 <= self.end_lr_factor <= 1:
             _fail(self._key("end_lr_factor"), f"must lie in [0, 1], got {self.end_lr_factor}")
+        if self.lars_variant not in LARS_VARIANTS:
+            _fail(self._key("lars_variant"), f"{self.lars_variant!r}: choose one of "
+                                             f"{', '.join(LARS_VARIANTS)} (the authors' LARS, or "
+                                             "solo-learn's with its trust-ratio clipping)")
 
 
 @dataclass(frozen=True)

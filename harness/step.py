@@ -57,7 +57,9 @@ def build_optimizer(model: nn.Module, cfg: PretrainConfig) -> LARS:
                                                       rule=o.lr_scaling),
                           lr_biases=scaled_lr(o.lr_biases, cfg.batch_size, rule=o.lr_scaling),
                           weight_decay=o.weight_decay)
-    return LARS(groups, lr=0.0, weight_decay=o.weight_decay, momentum=o.momentum, eta=o.eta)
+    # "solo-learn" is solo-learn's LARS as its CIFAR barlow.yaml sets it: clip_lr True.
+    return LARS(groups, lr=0.0, weight_decay=o.weight_decay, momentum=o.momentum, eta=o.eta,
+                variant=o.lars_variant, clip_lr=o.lars_variant == "solo-learn")
 
 
 class StepResult(NamedTuple):

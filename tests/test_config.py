@@ -134,6 +134,13 @@ def test_bad_values_are_rejected_naming_the_key(prepared, overrides, key):
         cpu_recipe(prepared, *overrides)
 
 
+def test_bad_lars_variant_is_rejected_naming_the_key_and_choices():
+    with pytest.raises(ConfigError, match=r"^optimizer\.lars_variant: 'solo'.*barlowtwins, "
+                                          r"solo-learn"):
+        load_config(EXPERIMENTS / "cifar10.yaml", ["optimizer.lars_variant=solo"],
+                    check_data=False)
+
+
 def test_unknown_key_suggests_the_known_one(prepared):
     with pytest.raises(ConfigError, match="did you mean 'batch_size'"):
         cpu_recipe(prepared, "batchsize=256")

@@ -1,6 +1,7 @@
-"""harness.optim: LARS against a hand-computed step, the groups, and the schedule's values."""
+"""harness.optim: LARS (both variants) against hand-computed steps, the groups, the schedule."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -74,8 +75,107 @@ def test_param_without_grad_is_skipped():
     assert w in opt.state
 
 
+# --- solo-learn's variant --------------------------------------------------------------------
+
+def _solo_learn_step(p, g, buf, *, lr, wd, eta, momentum, eps=1e-8):
+    """vturrisi/solo-learn solo/utils/lars.py, LARS.step for one parameter, written out as there
+    with clip_lr=True, exclude_bias_n_norm=True, dampening 0, no nesterov.
+
+    Returns the new p and momentum buffer, and whether min(ratio / lr, 1) chose the 1 (None when
+    no ratio was applied).
+    """
+    d_p, clipped = g, None
+    p_norm, g_norm = torch.norm(p), torch.norm(g)
+    if p.ndim != 1:                                   # exclude_bias_n_norm
+        if p_norm != 0 and g_norm != 0:
+            lars_lr = p_norm / (g_norm + p_norm * wd + eps)
+            lars_lr *= eta
+            clipped = bool(lars_lr / lr >= 1)         # lr 0: ratio / 0 is inf
+            lars_lr = min(lars_lr / lr, 1)            # clip_lr
+            d_p = d_p.add(p, alpha=wd)
+            d_p *= lars_lr
+    buf = torch.clone(d_p) if buf is None else buf.mul(momentum).add(d_p)
+    return p.add(buf, alpha=-lr), buf, clipped
+
+
+def test_solo_learn_variant_matches_solo_learn_step_by_step():
+    # Two weights, the second with a 50x larger gradient (a small ratio: never clipped past
+    # lr 0), and a bias; lr as a warm-up then a decay, starting at 0 like lr_at's step 0.
+    w1, w2, b = _param(4, 3, seed=0), _param(5, 2, seed=1), _param(3, seed=2)
+    lrs = [0.0, 0.005, 0.01, 0.1, 0.3, 0.25, 0.1, 0.001]
+    opt = LARS([dict(params=[w1, w2], lr=0.0, weight_decay=WD),
+                dict(params=[b], lr=0.0, weight_decay=0.0, lars_exclude=True)],
+               lr=0.0, momentum=MOMENTUM, eta=ETA, variant="solo-learn", clip_lr=True)
+    ref = {p: (p.detach().clone(), None) for p in (w1, w2, b)}
+    clipped = []
+    for step, lr in enumerate(lrs):
+        for group in opt.param_groups:
+            group["lr"] = lr
+        for i, p in enumerate((w1, w2, b)):
+            p.grad = _grad(p, 100 * step + i) * (50.0 if p is w2 else 1.0)
+        opt.step()
+        for p in (w1, w2, b):
+            # solo-learn puts the bias in the decayed group and skips it by ndim; ours has wd 0.
+            new_p, buf, was_clipped = _solo_learn_step(ref[p][0], p.grad, ref[p][1], lr=lr, wd=WD,
+                                                       eta=ETA, momentum=MOMENTUM)
+            ref[p] = (new_p, buf)
+            clipped.append(was_clipped)
+            assert torch.isfinite(p).all() and torch.isfinite(opt.state[p]["momentum_buffer"]).all()
+            torch.testing.assert_close(p.detach(), new_p, rtol=1e-12, atol=1e-15)
+            torch.testing.assert_close(opt.state[p]["momentum_buffer"], buf, rtol=1e-12,
+                                       atol=1e-15)
+    # The clip both chose the 1 (lr 0 and the warm-up) and left the ratio / lr; the bias none.
+    assert True in clipped and False in clipped
+    assert clipped[2::3] == [None] * len(lrs)
+
+
+def test_solo_learn_variant_lr_zero_moves_nothing_and_makes_no_inf():
+    w = _param(3, 3, seed=0)
+    before, g = w.detach().clone(), _grad(w, 1)
+    w.grad = g.clone()
+    opt = LARS([w], lr=0.0, weight_decay=WD, eta=ETA, variant="solo-learn", clip_lr=True)
+    opt.step()
+    # solo-learn's min(ratio / 0, 1) = min(inf, 1) = 1: the unscaled update enters the momentum.
+    assert torch.equal(w.detach(), before)
+    torch.testing.assert_close(opt.state[w]["momentum_buffer"], g + WD * before, rtol=1e-12,
+                               atol=0)
+
+
+def test_solo_learn_variant_zero_norms_skip_ratio_and_decay():
+    w, z = _param(3, 3, seed=0), nn.Parameter(torch.zeros(3, 3, dtype=torch.float64))
+    before, g = w.detach().clone(), _grad(z, 1)
+    w.grad, z.grad = torch.zeros_like(w), g.clone()
+    LARS([w, z], lr=0.1, weight_decay=WD, eta=ETA, variant="solo-learn", clip_lr=True).step()
+    assert torch.equal(w.detach(), before)        # ||g|| = 0: no weight decay either
+    torch.testing.assert_close(z.detach(), -0.1 * g, rtol=1e-12, atol=0)  # ||p|| = 0: ratio 1
+
+
+def test_state_dict_from_before_the_variants_loads_as_barlowtwins():
+    w = _param(3, 3, seed=0)
+    state = LARS([w], lr=0.1).state_dict()
+    for group in state["param_groups"]:
+        for key in ("variant", "clip_lr", "eps"):
+            del group[key]
+    opt = LARS([w], lr=0.1, variant="solo-learn", clip_lr=True)
+    opt.load_state_dict(state)
+    assert (opt.param_groups[0]["variant"], opt.param_groups[0]["clip_lr"]) == ("barlowtwins", False)
+
+
+def test_build_optimizer_passes_the_configs_variant():
+    from harness.config import load_config
+    from harness.step import build_optimizer
+
+    experiments = Path(__file__).resolve().parents[1] / "experiments"
+    for name, variant, clip in [("imagenet_paper.yaml", "barlowtwins", False),
+                                ("cifar10.yaml", "solo-learn", True)]:
+        opt = build_optimizer(_net(), load_config(experiments / name, check_data=False))
+        assert {(g["variant"], g["clip_lr"]) for g in opt.param_groups} == {(variant, clip)}
+
+
 @pytest.mark.parametrize("kwargs", [dict(lr=-1.0), dict(lr=0.1, weight_decay=-1e-6),
-                                    dict(lr=0.1, momentum=1.0), dict(lr=0.1, eta=0.0)])
+                                    dict(lr=0.1, momentum=1.0), dict(lr=0.1, eta=0.0),
+                                    dict(lr=0.1, variant="lightly"), dict(lr=0.1, clip_lr=True),
+                                    dict(lr=0.1, variant="solo-learn", eps=-1.0)])
 def test_lars_rejects_bad_hyperparameters(kwargs):
     with pytest.raises(ValueError):
         LARS([_param(2, 2, seed=0)], **kwargs)
