@@ -188,6 +188,14 @@ def main(argv: list[str] | None = None) -> int:
         # Bad input (PrepError, ConfigError are ValueErrors): the message says what to do.
         print(f"harness {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except RuntimeError as err:
+        # Ray that would not start: no bad input, the machine is too busy (harness.ray_runtime
+        # is imported only by the commands that start Ray).
+        runtime = sys.modules.get("harness.ray_runtime")
+        if runtime is None or not isinstance(err, runtime.RayStartError):
+            raise
+        print(f"harness {args.command}: error: {err}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

@@ -8,6 +8,11 @@ development machine), which a local run and the tests must never do.
 `start_ray()` always starts a new local instance (address="local"): it never joins a Ray
 instance that happens to be running, whatever RAY_ADDRESS says. `start_ray(address)` joins the
 named cluster instead (`harness pretrain --address ray://head:10001` or `auto` on a cluster node).
+
+A local start gets two tries: Ray waits a fixed 30 s for its raylet to register with the GCS,
+which a slow, loaded 2-core machine can miss (seen here: "The current node timed out during
+startup ... the GCS has become overloaded"). The processes of a failed try are killed before
+the second, and a second failure says what to do.
 """
 
 from __future__ import annotations
@@ -15,12 +20,19 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 import ray  # noqa: E402  (must follow the environment variable above)
 
-__all__ = ["start_ray", "WORKER_ENV", "quiet_ray_train_logs"]
+__all__ = ["start_ray", "WORKER_ENV", "quiet_ray_train_logs", "RayStartError"]
+
+START_ATTEMPTS = 2
+
+
+class RayStartError(RuntimeError):
+    """The local Ray instance did not start, twice; the message says what to do."""
 
 # Environment of every Ray process the harness starts (driver-side defaults; an explicit
 # environment variable wins).
@@ -29,6 +41,9 @@ WORKER_ENV = {
     # that is idle time on each report (one per epoch). 0.5 s costs the controller nothing.
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
 }
+# Start-up waits of a local instance that Ray lets us set (its raylet wait is fixed at 30 s):
+# the dashboard, which serves the state API Train V2 needs, gets 3 minutes instead of 1.
+_LOCAL_START_ENV = {"RAY_DASHBOARD_STARTUP_TIMEOUT_S": "180"}
 
 
 def _local_env() -> dict[str, str]:
@@ -53,17 +68,67 @@ def start_ray(address: str | None = None, *, num_cpus: int | None = None,
     if address is None:
         # Set in this process before the local instance starts: raylet and workers inherit it.
         os.environ.update(_local_env())
+        for key, value in _LOCAL_START_ENV.items():
+            os.environ.setdefault(key, value)
         # The dashboard (on 127.0.0.1) serves Ray's state API, which Train V2's
         # PlacementGroupCleaner needs to see that a controller died: without it, a trial that
         # ASHA stops keeps its placement group, and its CPUs, for good (the next trial then
         # waits forever; seen here).
-        ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1",
-                 num_cpus=num_cpus,
-                 num_gpus=num_gpus, resources=resources, runtime_env=runtime_env)
+        _start_local(dict(address="local", include_dashboard=True, dashboard_host="127.0.0.1",
+                          num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
+                          runtime_env=runtime_env))
     else:
         env = {k: os.environ.get(k, v) for k, v in WORKER_ENV.items()}
         ray.init(address=address, runtime_env={**runtime_env, "env_vars": env})
     return True
+
+
+def _children() -> set[int]:
+    import psutil  # a dependency of ray[default]
+
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+def _kill(pids: set[int]) -> None:
+    import psutil
+
+    procs = []
+    for pid in pids:
+        try:
+            procs.append(psutil.Process(pid))
+            procs[-1].kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=10)
+
+
+def _start_local(init_args: dict) -> None:
+    """ray.init of a new local instance, tried twice; RayStartError after the second failure."""
+    for attempt in range(1, START_ATTEMPTS + 1):
+        before = _children()
+        started = time.monotonic()
+        try:
+            ray.init(**init_args)
+            return
+        except (TypeError, ValueError):  # bad arguments: a retry cannot help
+            raise
+        except Exception as err:  # noqa: BLE001 - Ray raises a bare Exception on a start time-out
+            ray.shutdown()
+            _kill(_children() - before)  # a half-started GCS or raylet must not linger
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            if attempt < START_ATTEMPTS:
+                logging.getLogger(__name__).warning(
+                    "the local Ray instance did not start (%s, after %.0f s); trying again",
+                    reason, time.monotonic() - started)
+                continue
+            load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+            advice = (f"the machine is too busy for Ray's start-up waits (load average "
+                      f"{load:.1f} on {os.cpu_count()} cores): let other work finish (another "
+                      "sweep or test run, a stale Ray instance: `ps aux | grep raylet`), then "
+                      "run the command again") if "timed out" in reason.lower() else \
+                "fix what it names, then run the command again"
+            raise RayStartError(f"the local Ray instance did not start in {START_ATTEMPTS} "
+                                f"tries ({reason}): {advice}") from err
 
 
 def quiet_ray_train_logs() -> None:

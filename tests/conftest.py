@@ -2,12 +2,17 @@
 
 import os
 import tarfile
+import uuid
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
 
+from processes import SESSION_VAR, kill_tree, ray_processes, wait_for_no_ray
+
 REPO = Path(__file__).resolve().parents[1]
+# Marks every process this test session starts (processes.ray_processes).
+os.environ.setdefault(SESSION_VAR, uuid.uuid4().hex)
 
 
 def datasets_root() -> Path:
@@ -48,6 +53,19 @@ def extract_subset(archive: Path, dest: Path, per_class: int,
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(tar.extractfile(member).read())
     return dest
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_ray_left_behind():
+    """After each test module (its Ray fixtures torn down first), none of the Ray processes
+    it started may remain: the next module must start on an idle machine. Leftovers are
+    killed, and the module's teardown fails naming them."""
+    before = ray_processes()
+    yield
+    left = wait_for_no_ray(before)
+    for pid in left:
+        kill_tree(pid)
+    assert not left, f"Ray processes outlived their test module: {sorted(left.values())}"
 
 
 @pytest.fixture(scope="session")

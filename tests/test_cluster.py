@@ -30,6 +30,7 @@ from conftest import REPO, extract_subset  # noqa: E402
 from data_prep import prepare  # noqa: E402
 from harness.cluster_check import ClusterError, check_cluster  # noqa: E402
 from loopback_sandbox import Sandbox, Sshd, unavailable  # noqa: E402
+from processes import guard  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -201,11 +202,11 @@ def test_local_provider_cluster_up_exec_job_down(sandbox, tmp_path, image_folder
     }))
     timings = {}
     start = time.monotonic()
-    sandbox.run([str(ray_bin), "up", "-y", "--no-config-cache", str(cluster)], timeout=180)
+    sandbox.run([str(ray_bin), "up", "-y", "--no-config-cache", str(cluster)], timeout=guard(45))
     timings["ray up"] = time.monotonic() - start
 
     out = sandbox.run([str(ray_bin), "exec", str(cluster), "ray status && echo HOME=$HOME"],
-                      timeout=60).stdout
+                      timeout=guard(15)).stdout
     assert f"HOME={sandbox.env['HOME']}" in out and "2.0 CPU" in out.replace("0.0/2.0", "2.0")
 
     data, runs = tmp_path / "data", tmp_path / "runs"
@@ -218,7 +219,7 @@ def test_local_provider_cluster_up_exec_job_down(sandbox, tmp_path, image_folder
            + f" --name on-cluster --storage {runs} --address auto")
     start = time.monotonic()
     out = sandbox.run([str(ray_bin), "job", "submit", "--address", "http://127.0.0.1:8265",
-                       "--", "bash", "-c", job], timeout=240).stdout
+                       "--", "bash", "-c", job], timeout=guard(60)).stdout
     timings["job"] = time.monotonic() - start
     assert "succeeded" in out, out[-3000:]
     assert (data / "manifest.json").is_file()
@@ -227,7 +228,7 @@ def test_local_provider_cluster_up_exec_job_down(sandbox, tmp_path, image_folder
     assert launch["address"] == "auto"
 
     start = time.monotonic()
-    sandbox.run([str(ray_bin), "down", "-y", str(cluster)], timeout=120)
+    sandbox.run([str(ray_bin), "down", "-y", str(cluster)], timeout=guard(30))
     timings["ray down"] = time.monotonic() - start
     assert sandbox.ray_processes() == []
     print("timings (s):", {k: round(v, 1) for k, v in timings.items()})
@@ -264,7 +265,8 @@ def _ec2(sandbox: Sandbox, call: str) -> list:
     """Run a boto3 EC2 call against moto inside the sandbox; its JSON result."""
     code = ("import boto3, json, sys; ec2 = boto3.client('ec2'); "
             f"print(json.dumps({call}, default=str))")
-    return json.loads(sandbox.run([sys.executable, "-c", code], timeout=60).stdout.splitlines()[-1])
+    out = sandbox.run([sys.executable, "-c", code], timeout=guard(15)).stdout
+    return json.loads(out.splitlines()[-1])
 
 
 def test_aws_cluster_file_launches_against_moto(sandbox, tmp_path, prepared):
@@ -289,7 +291,7 @@ def test_aws_cluster_file_launches_against_moto(sandbox, tmp_path, prepared):
 
     start = time.monotonic()
     out = sandbox.run([str(VENV_BIN / "ray"), "up", "-y", "--no-config-cache", str(cluster)],
-                      timeout=240, cwd=REPO).stdout
+                      timeout=guard(60), cwd=REPO).stdout
     took_up = time.monotonic() - start
     running = _ec2(sandbox, "[i for r in ec2.describe_instances()['Reservations'] for i in "
                             "r['Instances'] if i['State']['Name'] == 'running']")
@@ -303,7 +305,7 @@ def test_aws_cluster_file_launches_against_moto(sandbox, tmp_path, prepared):
     assert (checkout / "runs" / "main" / "data" / prepared.name / "manifest.json").is_file()
     assert sandbox.ray_processes(), "ray start --head did not leave Ray running on the head"
 
-    sandbox.run([str(VENV_BIN / "ray"), "down", "-y", str(cluster)], timeout=120, cwd=REPO)
+    sandbox.run([str(VENV_BIN / "ray"), "down", "-y", str(cluster)], timeout=guard(30), cwd=REPO)
     states = _ec2(sandbox, "[i['State']['Name'] for r in ec2.describe_instances()"
                            "['Reservations'] for i in r['Instances']]")
     assert states == ["terminated"]

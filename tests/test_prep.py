@@ -17,6 +17,7 @@ import data_prep.images
 from data_prep import PrepError, prepare, read_manifest
 from data_prep.images import IMAGE_EXTENSIONS
 from data_prep.subsets import SUBSET_FRACTIONS, subset_size
+from processes import guard
 
 FAST = {"num_workers": 2, "progress": False}
 
@@ -429,7 +430,7 @@ def test_a_writer_process_that_dies_fails_the_preparation_instead_of_hanging(
     started = time.monotonic()
     with pytest.raises(PrepError, match="writer process died .*exit code 9"):
         prepare(str(cifar_folder), tmp_path, **FAST)
-    assert time.monotonic() - started < 30
+    assert time.monotonic() - started < guard(6)  # it failed, and did not wait for a hang
     assert os.listdir(tmp_path) == []
 
 
