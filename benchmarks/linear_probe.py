@@ -47,7 +47,8 @@ def main() -> None:
             start = time.perf_counter()
             (record,) = evaluate(backbone, ["linear"], args.data, settings=settings)
             rows.append({"init": backbone.init, "mode": mode,
-                         "top1": record["metrics"]["top1"], "top5": record["metrics"]["top5"],
+                         "top1": record["metrics"]["test/top1"],
+                         "top5": record["metrics"]["test/top5"],
                          "wall_s": time.perf_counter() - start,
                          "train_images": record["data"]["train_images"],
                          "test_images": record["data"]["test_images"],

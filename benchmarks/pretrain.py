@@ -38,18 +38,16 @@ from harness.ray_runtime import start_ray  # noqa: F401  (first: Ray's environme
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 import torch.multiprocessing as mp  # noqa: E402
-from torch import nn  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 
 from data_prep import prepare  # noqa: E402
 from harness.config import PretrainConfig, load_config  # noqa: E402
 from harness.data import beton_path, two_view_loader  # noqa: E402
 from harness.loss import BarlowTwinsLoss  # noqa: E402
-from harness.model import BarlowTwins  # noqa: E402
-from harness.optim import LARS, apply_lr_schedule, param_groups, scaled_lr  # noqa: E402
+from harness.optim import apply_lr_schedule  # noqa: E402
 from harness.pretrain import pretrain, provenance  # noqa: E402
 from harness.run_log import read_metrics  # noqa: E402
-from harness.train import subset_indices  # noqa: E402
+from harness.step import build_model, build_optimizer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -69,23 +67,17 @@ def bare_worker(rank: int, world: int, init_file: str, config: dict, out: str) -
     torch.manual_seed(cfg.seed)
     data_dir = Path(cfg.data.dir)
     manifest = json.loads((data_dir / "manifest.json").read_text())
+    training = cfg.data.training_part(manifest)
     loader = two_view_loader(
-        beton_path(data_dir, cfg.data.train_split), batch_size=cfg.per_worker_batch,
+        beton_path(data_dir, training.split), batch_size=cfg.per_worker_batch,
         resolution=cfg.data.resolution, views=cfg.data.view_augments(), device=device,
         num_workers=cfg.data.loader_workers, seed=cfg.seed, distributed=world > 1,
-        indices=subset_indices(data_dir, manifest, cfg.data.subset))
-    model = BarlowTwins.from_arch(cfg.model.arch, cfg.model.projector,
-                                  small_image_stem=cfg.model.small_image_stem).to(device)
-    if gpu:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model) if world > 1 else model
-        model = model.to(memory_format=torch.channels_last)
+        indices=training.indices)
+    # The worker's own builders (harness.step): the same model, optimizer and lr rule.
+    model = build_model(cfg, world_size=world, device=device)
     if world > 1:
         model = DistributedDataParallel(model)
-    o = cfg.optimizer
-    optimizer = LARS(param_groups(model, lr_weights=scaled_lr(o.lr_weights, cfg.batch_size),
-                                  lr_biases=scaled_lr(o.lr_biases, cfg.batch_size),
-                                  weight_decay=o.weight_decay),
-                     lr=0.0, weight_decay=o.weight_decay, momentum=o.momentum, eta=o.eta)
+    optimizer = build_optimizer(model, cfg)
     loss_fn = BarlowTwinsLoss(lambd=cfg.loss.lambd, scale=cfg.loss.scale)
     steps = len(loader)
     step, epochs = 0, []
@@ -207,8 +199,7 @@ def main() -> int:
 
     w = cfg.workers
     manifest = json.loads((data / "manifest.json").read_text())
-    images = (manifest["subsets"][cfg.data.subset] if cfg.data.subset else
-              manifest["splits"][cfg.data.train_split])["count"]
+    images = cfg.data.training_part(manifest).count(manifest)
     v = info["versions"]
     print(f"\n{cfg.model.arch} (small stem: {cfg.model.small_image_stem}), projector "
           f"{cfg.model.projector}, {cfg.data.resolution} px, global batch {cfg.batch_size}, "

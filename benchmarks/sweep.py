@@ -27,7 +27,8 @@ from pathlib import Path
 import yaml
 
 from harness.provenance import hardware, library_versions
-from harness.results import read_sweep, read_trials
+from harness.results import metric_value, read_sweep, read_trials
+from harness.results_table import best_trial
 from harness.run_log import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,10 +55,9 @@ def run(sweep_file: Path, storage: Path, sets: list[str]) -> dict:
         wall_s += timing.get("wall_s", 0.0)
         eval_task += timing.get("eval_s", 0.0)
         eval_proper += sum(r.get("wall_time_s", 0.0) for r in t["evals"].values())
-    metric = (read_sweep(run_dir) or {}).get("metric") or "knn/k200_top1"
-    name_, key = metric.split("/")
-    ok = [t for t in trials if t["status"] == "ok"]
-    best = max(ok, key=lambda t: t["evals"][name_]["metrics"][key]) if ok else None
+    metric = (read_sweep(run_dir) or {}).get("metric") or "knn/val/k200_top1"
+    best_id = best_trial([t for t in trials if t["status"] == "ok"], metric)  # chosen on val
+    best = next((t for t in trials if t["trial_id"] == best_id), None)
     return {
         "wall_s": wall, "first_step_s": min(firsts) - start_unix if firsts else None,
         "trials": len(trials), "statuses": {s: sum(t["status"] == s for t in trials)
@@ -66,7 +66,9 @@ def run(sweep_file: Path, storage: Path, sets: list[str]) -> dict:
         "ray_overhead": (wall_s - epochs_s - eval_proper) / wall_s if wall_s else None,
         "eval_task_s": eval_task, "metric": metric,
         "best": best["params"] if best else None,
-        "best_value": best["evals"][name_]["metrics"][key] if best else None,
+        "best_value": metric_value(best["evals"], metric) if best else None,
+        "best_test_value": (metric_value(best["evals"], metric.replace("/val/", "/test/"))
+                            if best else None),
     }
 
 
@@ -83,7 +85,7 @@ def main() -> None:
         tmp = Path(tmp)
         asha_file = tmp / sweep_file.name
         raw_asha = {**raw, "experiment": str((sweep_file.parent / raw["experiment"]).resolve()),
-                    "scheduler": {"type": "asha", "metric": "probe/top1", "grace_period": 1,
+                    "scheduler": {"type": "asha", "metric": "probe/val_top1", "grace_period": 1,
                                   "reduction_factor": 2}}
         asha_file.write_text(yaml.safe_dump(raw_asha))
         for label, path in (("FIFO (no scheduler)", sweep_file), ("ASHA", asha_file)):

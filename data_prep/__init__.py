@@ -1,7 +1,8 @@
 """Turn image folders, archives of them and public data sets into FFCV files.
 
-`prepare(source, out)` writes `out/<split>.beton` (fields: image, label), the 1% and 10% label
-subsets of the train split and `out/manifest.json`; `read_manifest(out)` reads a finished
+`prepare(source, out)` writes `out/<split>.beton` (fields: image, label), a validation list
+carved from train, the 1% and 10% label subsets of the rest of train and `out/manifest.json`
+(data_prep.holdout says which images each role reads); `read_manifest(out)` reads a finished
 preparation back. Every bad input raises `PrepError` with a message that says what to do.
 """
 
@@ -11,8 +12,10 @@ import torch
 _TORCH_THREADS = torch.get_num_threads()
 from .convert import prepare  # noqa: E402
 from .errors import PrepError  # noqa: E402
+from .holdout import Part, fit_part, subset_part, test_part, validation_part  # noqa: E402
 from .manifest import read_manifest  # noqa: E402
 
 torch.set_num_threads(_TORCH_THREADS)
 
-__all__ = ["PrepError", "prepare", "read_manifest"]
+__all__ = ["PrepError", "prepare", "read_manifest", "Part", "fit_part", "validation_part",
+           "subset_part", "test_part"]

@@ -24,9 +24,10 @@ from .beton import write_beton
 from .errors import PrepError
 from harness.provenance import library_versions
 
-from .manifest import FORMAT_VERSION, commit, current_manifest, fingerprint_of
+from .manifest import FORMAT_VERSION, commit, current_manifest, fingerprint_of, sha256_file
 from .sources import SPLITS, open_source
-from .subsets import SUBSET_FRACTIONS, label_subset, stratified_split
+from .subsets import (SUBSET_FRACTIONS, VAL_FRACTION, VAL_MAX_PER_CLASS, label_subset,
+                      stratified_split, validation_list)
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,8 @@ class PrepOptions:
     seed: int = 0
     split_from: str | None = None
     test_fraction: float = 0.5
+    val_fraction: float = VAL_FRACTION           # of each class of train, carved as validation
+    val_max_per_class: int = VAL_MAX_PER_CLASS
 
     def __post_init__(self):
         if self.write_mode not in WRITE_MODES:
@@ -71,6 +74,13 @@ class PrepOptions:
                 or not 0 < self.test_fraction < 1):
             raise PrepError(f"test_fraction must be a number strictly between 0 and 1, "
                             f"not {self.test_fraction!r}")
+        if (not isinstance(self.val_fraction, (int, float)) or isinstance(self.val_fraction, bool)
+                or not 0 < self.val_fraction < 1):
+            raise PrepError(f"val_fraction must be a number strictly between 0 and 1 (the share "
+                            f"of each class's training images held out), not {self.val_fraction!r}")
+        if not _is_int(self.val_max_per_class) or self.val_max_per_class < 1:
+            raise PrepError(f"val_max_per_class must be a positive integer, not "
+                            f"{self.val_max_per_class!r}")
 
     @property
     def smart_threshold(self) -> int | None:
@@ -88,17 +98,22 @@ def prepare(source: str | Sequence[str], out: Path, *, max_resolution: int | Non
             write_mode: str = "smart", jpeg_quality: int = 90, num_workers: int | None = None,
             strict: bool = False, split_from: str | None = None, test_fraction: float = 0.5,
             seed: int = 0, download_root: Path | None = None, progress: bool = True,
-            force: bool = False) -> dict:
+            force: bool = False, val_fraction: float = VAL_FRACTION,
+            val_max_per_class: int = VAL_MAX_PER_CLASS) -> dict:
     """Write `out/<split>.beton` for every split of `source`, label subsets and a manifest.
 
     source: an image folder (<root>/<split>/<class>/<image>), a .tar/.tar.gz/.tgz of one, or
     cifar10 / cifar100 / stl10, or a list of those holding different splits (merged) (downloaded through torchvision into download_root). Unreadable
     images are skipped and listed (strict=True: an error). split_from='val' splits that one
-    labelled split into train/test, test_fraction per class. Returns the manifest; returns the
+    labelled split into train/test, test_fraction per class. A validation list (val.txt) is
+    carved from train, val_fraction of each class and at most val_max_per_class images, unless
+    the source ships a val split beside train and test, which is then the validation split.
+    Returns the manifest; returns the
     existing one without rewriting when `out` already holds the same preparation (unless force).
     """
     started = time.monotonic()
-    options = PrepOptions(write_mode, jpeg_quality, max_resolution, seed, split_from, test_fraction)
+    options = PrepOptions(write_mode, jpeg_quality, max_resolution, seed, split_from, test_fraction,
+                          val_fraction, val_max_per_class)
     workers = (os.cpu_count() or 1) if num_workers is None else num_workers
     if not _is_int(workers) or workers < 1:
         raise PrepError(f"num_workers must be a positive integer or None (all cores), "
@@ -126,6 +141,12 @@ def prepare(source: str | Sequence[str], out: Path, *, max_resolution: int | Non
     splits = _derive_splits(checked, listing.classes, options)
     label_of = {c: i for i, c in enumerate(listing.classes)}
     n_classes = len(listing.classes)
+    # Carved before anything is written, so a class too small for it fails early.
+    carved = None
+    if "train" in splits and not _ships_validation(splits):
+        train_labels = np.array([label_of[item.cls] for item, _ in splits["train"][0]])
+        carved = validation_list(train_labels, listing.classes, options.val_fraction,
+                                 options.val_max_per_class, options.seed)
 
     out.mkdir(parents=True, exist_ok=True)
     _remove_abandoned_staging(out)
@@ -148,7 +169,9 @@ def prepare(source: str | Sequence[str], out: Path, *, max_resolution: int | Non
             "fingerprint": fingerprint,
             "classes": listing.classes,
             "splits": split_entries,
-            "subsets": _write_subsets(staged, train_labels, n_classes, options.seed),
+            "validation": _validation_entry(staged, carved, split_entries, train_labels,
+                                            n_classes, options),
+            "subsets": _write_subsets(staged, train_labels, n_classes, options.seed, carved),
             "source": described,
             "options": options.recorded(),
             "skipped": skipped,
@@ -235,20 +258,46 @@ def _split_entry(beton: Path, labels: np.ndarray, sizes: list[tuple[int, int]], 
             "image_size": size, "source_split": from_split, "bytes": beton.stat().st_size}
 
 
+def _ships_validation(splits: dict) -> bool:
+    """A source with train, val and test uses its own val split for validation."""
+    return {"train", "val", "test"} <= set(splits)
+
+
+def _write_index_list(file: Path, indices: np.ndarray, labels: np.ndarray,
+                      n_classes: int) -> dict:
+    """Ascending indices into train.beton, one per line; its manifest fields."""
+    file.write_text("".join(f"{i}\n" for i in indices))
+    return {"file": file.name, "count": len(indices),
+            "per_class": np.bincount(labels[indices], minlength=n_classes).tolist(),
+            "bytes": file.stat().st_size, "sha256": sha256_file(file)}
+
+
+def _validation_entry(staged: Path, carved: np.ndarray | None, split_entries: dict,
+                      train_labels: np.ndarray | None, n_classes: int,
+                      options: PrepOptions) -> dict | None:
+    """The manifest's `validation`: val.txt carved from train, or the source's own val split."""
+    if carved is not None:
+        entry = _write_index_list(staged / "val.txt", carved, train_labels, n_classes)
+        return {"split": "train", **entry, "fraction": options.val_fraction,
+                "max_per_class": options.val_max_per_class}
+    if "val" in split_entries and "train" in split_entries:
+        val = split_entries["val"]
+        return {"split": "val", "count": val["count"], "per_class": val["per_class"]}
+    log.info("no train split: no validation list written")
+    return None
+
+
 def _write_subsets(staged: Path, train_labels: np.ndarray | None, n_classes: int,
-                   seed: int) -> dict:
-    """subset_<name>.txt: ascending indices into train.beton, one per line (none without train)."""
+                   seed: int, val: np.ndarray | None) -> dict:
+    """subset_<name>.txt: ascending indices into train.beton outside val (none without train)."""
     if train_labels is None:
         log.info("no train split: no label subsets written")
         return {}
     subsets = {}
     for name, fraction in SUBSET_FRACTIONS.items():
-        indices = label_subset(train_labels, n_classes, fraction, seed)
-        file = staged / f"subset_{name}.txt"
-        file.write_text("".join(f"{i}\n" for i in indices))
-        per_class = np.bincount(train_labels[indices], minlength=n_classes).tolist()
-        subsets[name] = {"file": file.name, "fraction": fraction, "count": len(indices),
-                         "per_class": per_class, "bytes": file.stat().st_size}
+        indices = label_subset(train_labels, n_classes, fraction, seed, exclude=val)
+        entry = _write_index_list(staged / f"subset_{name}.txt", indices, train_labels, n_classes)
+        subsets[name] = {**entry, "fraction": fraction}
     return subsets
 
 

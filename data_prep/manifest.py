@@ -9,11 +9,19 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
+
 from .errors import PrepError
 
-FORMAT_VERSION = 1
+# 2: the validation list (`validation`, val.txt) and label subsets drawn outside it.
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
-_REQUIRED = ("format_version", "fingerprint", "classes", "splits", "subsets", "source", "options")
+_REQUIRED = ("format_version", "fingerprint", "classes", "splits", "validation", "subsets",
+             "source", "options")
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def fingerprint_of(source_sha256: str, options: dict) -> str:
@@ -23,9 +31,25 @@ def fingerprint_of(source_sha256: str, options: dict) -> str:
 
 
 def output_files(manifest: dict) -> dict[str, int]:
-    """File name -> byte size of every .beton and subset list the manifest vouches for."""
-    entries = [*manifest["splits"].values(), *manifest["subsets"].values()]
+    """File name -> byte size of every .beton and index list the manifest vouches for."""
+    entries = [*manifest["splits"].values(), *manifest["subsets"].values(),
+               *([manifest["validation"]] if (manifest.get("validation") or {}).get("file")
+                 else [])]
     return {e["file"]: e["bytes"] for e in entries}
+
+
+def read_index_list(out: Path, entry: dict) -> np.ndarray:
+    """The indices (into train.beton) of an index list the manifest lists: val.txt, a subset."""
+    path = Path(out) / entry["file"]
+    try:
+        indices = np.array([int(line) for line in path.read_text().split()], dtype=np.int64)
+    except (OSError, ValueError) as exc:
+        raise PrepError(f"{path} is unreadable ({exc}): run `harness prep SOURCE --out {out} "
+                        "--force`") from exc
+    if len(indices) != entry["count"] or sha256_file(path) != entry.get("sha256"):
+        raise PrepError(f"{path} does not match {Path(out) / MANIFEST} (count or checksum): it "
+                        f"was changed after `harness prep`; run it again with --force")
+    return indices
 
 
 def read_manifest(out: Path) -> dict:

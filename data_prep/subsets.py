@@ -1,9 +1,15 @@
-"""Seeded, class-balanced index sets: the 1% / 10% label subsets and the train/test split.
+"""Seeded, class-balanced index sets: the validation list, the 1% / 10% label subsets and the
+train/test split.
 
 Each class draws from its own generator, `np.random.default_rng([seed, purpose, label])`, over its
 images in listing order (sorted by class, then path). Results depend only on the seed and the
-per-class counts, never on the machine, the worker count or the other classes' draws. A subset
-takes the first k of one permutation per class, so the 1% subset lies inside the 10% one.
+per-class counts, never on the machine, the worker count or the other classes' draws.
+
+The validation list is carved from train first (10% of each class, at most 100 images, by
+default): everything that chooses (the online probe's ASHA signal, the best trial, a penalty)
+reads it, and nothing trains on it by default. The label subsets are then drawn from the rest
+of train, the first k of one permutation per class, so the 1% subset lies inside the 10% one;
+their sizes are fractions of the whole class, as the paper's 1% of ImageNet is.
 """
 
 import numpy as np
@@ -12,7 +18,8 @@ from .errors import PrepError
 
 # The semi-supervised protocol of SimCLR / Barlow Twins: fine-tune on 1% and 10% of the labels.
 SUBSET_FRACTIONS = {"1pct": 0.01, "10pct": 0.10}
-_SPLIT, _SUBSET = 0, 1  # keep the split's and the subsets' random streams apart
+_SPLIT, _SUBSET, _VAL = 0, 1, 2  # keep the split's, subsets' and val's random streams apart
+VAL_FRACTION, VAL_MAX_PER_CLASS = 0.1, 100
 
 
 def _class_permutation(seed: int, purpose: int, label: int, n: int) -> np.ndarray:
@@ -28,12 +35,38 @@ def subset_size(fraction: float, n: int) -> int:
     return max(1, round(fraction * n))
 
 
-def label_subset(labels: np.ndarray, n_classes: int, fraction: float, seed: int) -> np.ndarray:
-    """Ascending indices (into `labels`) of a class-balanced `fraction` of the images."""
+def label_subset(labels: np.ndarray, n_classes: int, fraction: float, seed: int,
+                 exclude: np.ndarray | None = None) -> np.ndarray:
+    """Ascending indices (into `labels`) of a class-balanced `fraction` of the images, none of
+    them in `exclude` (the validation list)."""
+    excluded = np.zeros(len(labels), dtype=bool)
+    if exclude is not None:
+        excluded[exclude] = True
     picks = []
     for label, idx in enumerate(_indices_by_class(labels, n_classes)):
-        order = _class_permutation(seed, _SUBSET, label, len(idx))
-        picks.append(idx[order[:subset_size(fraction, len(idx))]])
+        pool = idx[~excluded[idx]]
+        order = _class_permutation(seed, _SUBSET, label, len(pool))
+        picks.append(pool[order[:min(len(pool), subset_size(fraction, len(idx)))]])
+    return np.sort(np.concatenate(picks))
+
+
+def validation_size(n: int, fraction: float, max_per_class: int) -> int:
+    """Images of a class of `n` that go to validation: round(fraction * n), 1 to max_per_class."""
+    return min(max_per_class, max(1, round(fraction * n)))
+
+
+def validation_list(labels: np.ndarray, classes: list[str], fraction: float, max_per_class: int,
+                    seed: int) -> np.ndarray:
+    """Ascending indices (into the train split's `labels`) of the validation images."""
+    picks = []
+    for label, idx in enumerate(_indices_by_class(labels, len(classes))):
+        n_val = validation_size(len(idx), fraction, max_per_class)
+        if n_val >= len(idx):
+            raise PrepError(f"class {classes[label]} has {len(idx)} training image(s): carving "
+                            f"{n_val} for validation leaves none to train on; add images, or "
+                            "ship a val split beside train and test")
+        order = _class_permutation(seed, _VAL, label, len(idx))
+        picks.append(idx[order[:n_val]])
     return np.sort(np.concatenate(picks))
 
 

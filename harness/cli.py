@@ -17,9 +17,16 @@ def _prep(args: argparse.Namespace) -> int:
                        write_mode=args.write_mode, jpeg_quality=args.jpeg_quality,
                        num_workers=args.workers, strict=args.strict, split_from=args.split_from,
                        test_fraction=args.test_fraction, seed=args.seed, force=args.force,
+                       val_fraction=args.val_fraction, val_max_per_class=args.val_max_per_class,
                        download_root=Path(args.download_root) if args.download_root else None)
     for split, info in manifest["splits"].items():
         print(f"{split:>6}: {info['count']:>8} images -> {Path(args.out) / info['file']}")
+    val = manifest["validation"]
+    if val:
+        where = (f"carved from train -> {Path(args.out) / val['file']}" if val["split"] == "train"
+                 else f"the source's own {val['split']} split")
+        print(f"   val: {val['count']:>8} images ({where}; selection reads these, test is "
+              "reported only)")
     skipped = manifest.get("skipped", [])
     if skipped:
         print(f"skipped {len(skipped)} unreadable images (listed in manifest.json)")
@@ -71,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split-from", default=None,
                    help="make train/test from this one labelled split (seeded, stratified)")
     p.add_argument("--test-fraction", type=float, default=0.5)
+    p.add_argument("--val-fraction", type=float, default=0.1,
+                   help="share of each class of train held out as the validation list")
+    p.add_argument("--val-max-per-class", type=int, default=100,
+                   help="at most this many validation images per class")
     p.add_argument("--seed", type=int, default=0, help="seed of label subsets and splits")
     p.add_argument("--download-root", default=None, help="where torchvision data sets are cached")
     p.add_argument("--force", action="store_true", help="rewrite even if up to date")
@@ -147,8 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="a sweep's results table, ablation figures and TensorBoard")
     p.add_argument("run_dir", help="a sweep folder (<storage_path>/<name>), finished or running")
     p.add_argument("--metric", default=None,
-                   help="column that picks the best row, e.g. linear/top1 (default: the sweep's "
-                        "metric, else the first evaluation's primary metric)")
+                   help="val column that picks the best row, e.g. linear/val/top1 (default: the "
+                        "sweep's metric, else the first evaluation's primary on val; test "
+                        "columns are reported only)")
     p.add_argument("--out", default=None, help="report folder (default RUN_DIR/report; rewritten)")
     p.set_defaults(func=_report)
     return parser

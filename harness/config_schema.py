@@ -106,9 +106,10 @@ class DataConfig(_Section):
     views: str = "imagenet"                    # augmentation preset: imagenet | cifar
     view_a: dict[str, Any] = field(default_factory=dict)   # per-field overrides, ViewAugment names
     view_b: dict[str, Any] = field(default_factory=dict)
-    train_split: str = "train"
-    eval_split: str = "test"                   # the online probe's evaluation split
     subset: str | None = None                  # pretrain on a label subset list: 1pct | 10pct
+    # Pretrain on train minus the validation list (as unseen as test), or on all of train: then
+    # val images shaped the backbone, and selection on val is optimistic (README).
+    pretrain_on_val: bool = False
     loader_workers: int = 2                    # FFCV decoding threads per training worker
 
     def __post_init__(self):
@@ -121,6 +122,15 @@ class DataConfig(_Section):
         if self.loader_workers < 1:
             _fail(self._key("loader_workers"), f"must be >= 1, got {self.loader_workers}")
         self.view_augments()  # every override name and value checked now, not on the workers
+
+    def training_part(self, manifest: dict):
+        """The images pretraining reads (data_prep.holdout): a label subset (drawn outside the
+        validation list), or train minus val, or all of train with pretrain_on_val."""
+        from data_prep import fit_part, subset_part
+
+        if self.subset is not None:
+            return subset_part(Path(self.dir), manifest, self.subset)
+        return fit_part(Path(self.dir), manifest, include_validation=self.pretrain_on_val)
 
     def view_augments(self) -> tuple[ViewAugment, ViewAugment]:
         """The preset's two views with the per-view overrides applied."""
@@ -310,6 +320,11 @@ class PretrainConfig(_Section):
         if self.batch_size // workers < 2:
             _fail("batch_size", f"{self.batch_size // workers} image(s) per worker: batch "
                                 "normalisation needs at least 2 per worker")
+        if self.data.pretrain_on_val and self.probe.enabled:
+            _fail("data.pretrain_on_val", "the online probe trains on the pretraining images and "
+                                          "is measured on val: with val in pretraining it would "
+                                          "be measured on images it trained on. Set "
+                                          "probe.enabled=false, or pretrain_on_val=false")
 
     @property
     def per_worker_batch(self) -> int:
@@ -335,18 +350,13 @@ class PretrainConfig(_Section):
             manifest = read_manifest(data_dir)
         except PrepError as err:
             _fail("data.dir", str(err))
-        for key in ("train_split", "eval_split"):
-            split = getattr(self.data, key)
-            if split not in manifest["splits"]:
-                _fail(f"data.{key}", f"{data_dir} has no {split!r} split; it has "
-                                     f"{sorted(manifest['splits'])}")
-        images = manifest["splits"][self.data.train_split]["count"]
-        if self.data.subset is not None:
-            subsets = manifest.get("subsets", {})
-            if self.data.subset not in subsets:
-                _fail("data.subset", f"{data_dir} has no {self.data.subset!r} subset; it has "
-                                     f"{sorted(subsets)}")
-            images = subsets[self.data.subset]["count"]
+        if "train" not in manifest["splits"]:
+            _fail("data.dir", f"{data_dir} has no train split; it has "
+                              f"{sorted(manifest['splits'])}: prepare one with `harness prep`")
+        try:
+            images = self.data.training_part(manifest).count(manifest)
+        except PrepError as err:
+            _fail("data.subset" if self.data.subset else "data.dir", str(err))
         # drop_last: a worker whose shard holds less than one batch would train zero steps.
         per_worker_images = images // self.workers.num_workers
         if per_worker_images < self.per_worker_batch:
@@ -386,6 +396,17 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     return value
 
 
+# Keys that existed once, and why they are gone: a file that still sets one is told what to do.
+_REMOVED = {
+    "data.eval_split": "the online probe is measured on the validation list `harness prep` "
+                       "carves from train (what chooses never reads test): remove the key",
+    "data.train_split": "pretraining reads the train split minus its validation list: remove "
+                        "the key",
+    "eval.train_split": "every fit reads the train split minus its validation list: remove the "
+                        "key",
+}
+
+
 def _build(cls, raw: Any, prefix: str):
     """Instantiate dataclass `cls` from a mapping: unknown and missing keys named, types coerced."""
     where = f"section '{prefix[:-1]}'" if prefix else "the top level"
@@ -394,6 +415,8 @@ def _build(cls, raw: Any, prefix: str):
     hints = typing.get_type_hints(cls)
     known = {f.name: f for f in dataclasses.fields(cls)}
     for key in raw:
+        if f"{prefix}{key}" in _REMOVED:
+            _fail(f"{prefix}{key}", f"no longer exists: {_REMOVED[prefix + key]}")
         if key not in known:
             _fail(f"{prefix}{key}", f"unknown key in {where}{_suggest(key, known)}; known keys: "
                                     f"{', '.join(known)}")

@@ -5,6 +5,10 @@
     <report>/*.png             accuracy against lambda / batch size / projector width
     <report>/tensorboard/      HParams sessions and the figures (harness.results_tensorboard)
 
+Every evaluation is shown on two splits (harness.results): val, which picks the best trial and
+the best point (the sweep's `metric`, --metric, or else the first evaluation's primary measure
+on val; a test column is refused), and test, shown beside it and plotted, never chosen on.
+
 <report> is RUN_DIR/report unless --out says otherwise. It is built in a sibling folder and
 swapped in whole, so a reader (TensorBoard included) sees the old report or the new one, never a
 mix. It reads only what the sweep has written, so it runs as well while the sweep is running.
@@ -22,29 +26,35 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.results import (STATUSES, metric_columns, metric_value, primary_columns,
-                             read_baselines, read_sweep, read_trials, report_dir, trials_dir)
+from harness.results import (REPORT_SPLIT, SELECT_SPLIT, STATUSES, metric_columns, metric_value,
+                             parse_column, primary_columns, read_baselines, read_sweep,
+                             read_trials, report_dir, trials_dir, with_split)
 from harness.results_figures import ablation_figures
-from harness.results_table import (BEST, Table, best_trial, csv_rows, format_metric, param_keys,
-                                   point_table, to_markdown, to_text, trial_table)
+from harness.results_table import (BEST, Table, best_trial, check_selection_metric, csv_rows,
+                                   format_metric, param_keys, point_table, to_markdown, to_text,
+                                   trial_table)
 from harness.results_tensorboard import write_tensorboard
 
 __all__ = ["Report", "load_report", "write_report", "report_command"]
 
-_NOTE = ("Accuracies in %. `train s`: training time in seconds; `images/s`: training throughput; "
-         "`probe top-1`: the online linear probe at the last epoch; `random init`: the same "
-         "evaluations of an untrained backbone.")
+_NOTE = ("Accuracies in %. `<evaluation>/val/<measure>`: on the validation split, carved from "
+         "the training images by `harness prep`; `<evaluation>/test/<measure>`: on the data "
+         "set's test split. `train s`: training time in seconds; `images/s`: training "
+         "throughput; `probe val top-1`: the online linear probe on the validation split at the "
+         "last epoch; `random init`: the same evaluations of an untrained backbone.")
 
 
 @dataclass
 class Report:
     name: str
     summary: str
+    selection: str                   # which val column chose the best row, in words
     trials: list[dict]
     baselines: dict
     keys: list[str]
     metrics: list[str]
-    primaries: list[str]
+    metric: str | None               # the val column that picks the best trial and point
+    primaries: list[str]             # each eval's primary measure on test: what the figures plot
     best: str | None
     by_trial: Table
     by_point: Table | None
@@ -61,19 +71,52 @@ def load_report(run_dir: Path, metric: str | None = None) -> Report:
     trials = read_trials(run_dir)
     baselines = read_baselines(run_dir)
     metrics = metric_columns(trials, baselines)
-    primaries = primary_columns(trials, baselines)
-    if metric is not None and metric not in metrics:
-        raise ValueError(f"--metric {metric}: no trial or baseline has it; "
-                         f"choose one of: {', '.join(metrics) or 'none yet'}")
-    metric = metric or (sweep or {}).get("metric") or next(iter(primaries), None)
+    metric = _selection_metric(metric, sweep, trials, baselines, metrics)
     keys = param_keys(trials, sweep)
     best = best_trial(trials, metric) if metric else None
     name = (sweep or {}).get("name") or run_dir.name
     summary = _summary(sweep, trials, baselines, metric, best)
-    return Report(name=name, summary=summary, trials=trials,
-                  baselines=baselines, keys=keys, metrics=metrics, primaries=primaries, best=best,
+    return Report(name=name, summary=summary, selection=_selection(metric), trials=trials,
+                  baselines=baselines, keys=keys, metrics=metrics, metric=metric,
+                  primaries=primary_columns(trials, baselines, split=REPORT_SPLIT), best=best,
                   by_trial=trial_table(trials, baselines, keys, metrics, best),
                   by_point=point_table(trials, keys, metrics, metric))
+
+
+def _selection_metric(option: str | None, sweep: dict | None, trials: list[dict],
+                      baselines: dict, metrics: list[str]) -> str | None:
+    """The val column that picks the best row: --metric, else sweep.json's `metric`, else the
+    first eval's primary measure on val. Never a test column, wherever it comes from."""
+    if option is not None:
+        check_selection_metric(option, "--metric")
+        if option not in metrics:
+            choices = [m for m in metrics if parse_column(m)[1] == SELECT_SPLIT]
+            raise ValueError(f"--metric {option}: no trial or baseline has it; "
+                             f"choose one of: {', '.join(choices) or 'none yet'}")
+        return option
+    if (sweep or {}).get("metric"):
+        # A sweep.json written before metrics named their split: say how to report it anyway.
+        try:
+            return check_selection_metric(sweep["metric"], "sweep.json's metric")
+        except ValueError as err:
+            raise ValueError(f"{err} (give it as --metric)") from None
+    return next(iter(primary_columns(trials, baselines, split=SELECT_SPLIT)), None)
+
+
+def _selection(metric: str | None) -> str:
+    if metric is None:
+        return ""
+    return (f"Selection: the best trial and the best point ({BEST}) are those with the highest "
+            f"`{metric}`, a measure on the validation split. The test columns (such as "
+            f"`{with_split(metric, REPORT_SPLIT)}`) are reported only: they were never used to "
+            "choose anything.")
+
+
+def _val_and_test(evals: dict, metric: str) -> str:
+    """"val 42.3, test 41.9": a val column's value and the same measure's on test."""
+    test = with_split(metric, REPORT_SPLIT)
+    return (f"val {format_metric(metric, metric_value(evals, metric))}, "
+            f"test {format_metric(test, metric_value(evals, test))}")
 
 
 def _summary(sweep: dict | None, trials: list[dict], baselines: dict, metric: str | None,
@@ -86,16 +129,17 @@ def _summary(sweep: dict | None, trials: list[dict], baselines: dict, metric: st
     elif best is None:
         outcome = f"No trial has `{metric}` yet."
     else:
-        value = metric_value(next(t for t in trials if t["trial_id"] == best)["evals"], metric)
-        baseline = metric_value(baselines, metric)
-        against = "" if baseline is None else f" (random init: {format_metric(metric, baseline)})"
-        outcome = f"Best by `{metric}`: {best} {BEST}, {format_metric(metric, value)}{against}."
+        evals = next(t for t in trials if t["trial_id"] == best)["evals"]
+        against = "" if metric_value(baselines, metric) is None else \
+            f" (random init: {_val_and_test(baselines, metric)})"
+        outcome = f"Best by `{metric}`: {best} {BEST}, {_val_and_test(evals, metric)}{against}."
     noun = "trial" if len(trials) == 1 else "trials"
     return f"{config}{len(trials)} {noun}: {statuses}. {outcome}"
 
 
 def markdown(report: Report, figures: list[str]) -> str:
-    parts = [f"# Sweep `{report.name}`\n", report.summary + "\n", _NOTE + "\n",
+    parts = [f"# Sweep `{report.name}`\n", report.summary + "\n",
+             *([report.selection + "\n"] if report.selection else []), _NOTE + "\n",
              "## Trials\n", to_markdown(report.by_trial)]
     if report.by_point is not None:
         parts += ["## Mean ± std over seeds\n",
@@ -107,7 +151,8 @@ def markdown(report: Report, figures: list[str]) -> str:
 
 
 def text(report: Report) -> str:
-    parts = [f"sweep {report.name}: {report.summary}", "", to_text(report.by_trial)]
+    parts = [f"sweep {report.name}: {report.summary}", *filter(None, [report.selection]), "",
+             to_text(report.by_trial)]
     if report.by_point is not None:
         parts += ["mean ± std over seeds:", "", to_text(report.by_point)]
     return "\n".join(parts)

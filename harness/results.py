@@ -16,23 +16,33 @@ A trial record:
      "params": {"loss.lambd": 0.0051, "model.projector": "512-512", "seed": 0},
      "status": "ok" | "failed" | "running" | "stopped",
      "error": null | "loss is NaN at epoch 2 (step 17)",
-     "train": {"epochs", "steps", "time_s", "images_per_s", "loss", "probe_top1"},
+     "train": {"epochs", "steps", "time_s", "images_per_s", "loss", "probe_val_top1"},
      "evals": {RECORD["name"]: RECORD, ...}}
 
 `params` holds only the swept keys (dotted config keys), plus "seed" always. "stopped" means
 ended early by the scheduler (ASHA), not an error; a failed trial may lack any `train` key.
+`probe_val_top1` is the online probe's last "probe/val_top1" in metrics.jsonl (on val, below).
 
 An eval RECORD:
 
     {"name": "linear" | "knn" | "semi-1pct" | "transfer-imagenette" | ...,
      "protocol": "linear" | "knn" | "semi" | "transfer", "mode": "fast" | "paper" | null,
-     "dataset": "cifar10", "primary": "top1", "metrics": {"top1": 0.41, "top5": 0.90},
+     "dataset": "cifar10", "primary": "top1",
+     "metrics": {"val/top1": 0.42, "val/top5": 0.91, "test/top1": 0.41, "test/top5": 0.90},
      "init": "pretrained" | "random", ...provenance}
 
-Metrics are fractions (0.41, not 41). A metric is named in tables as "<eval name>/<metric key>"
-("linear/top1", "knn/k200_top1"). Every JSON file is written to a temporary file and moved into
-place (`os.replace`), so a reader never sees half of one; a trial whose trial.json is not yet
-written but whose training has begun is read from its metrics.jsonl as "running".
+Metric keys are "<split>/<measure>" (knn: "val/k20_top1", ..., "test/k200_top5"); `primary` is
+the measure without its split ("top1", "k200_top1"). Two splits, for two uses:
+
+    val     a seeded, class-stratified split carved from train by `harness prep`: every choice
+            between trials (the report's best row and best point, ASHA) reads val only
+    test    the data set's test split: reported, never used to choose
+
+Metrics are fractions (0.41, not 41). A metric is named in tables as "<eval name>/<split>/
+<measure>" ("linear/val/top1", "knn/test/k200_top1"). Every JSON file is written to a temporary
+file and moved into place (`os.replace`), so a reader never sees half of one; a trial whose
+trial.json is not yet written but whose training has begun is read from its metrics.jsonl as
+"running".
 """
 
 from __future__ import annotations
@@ -47,7 +57,8 @@ from harness.run_log import read_metrics
 __all__ = ["STATUSES", "SWEEP_FILE", "TRIAL_FILE", "sweep_file", "trials_dir", "trial_dir",
            "baseline_dir", "report_dir", "pretrain_dir", "write_json_atomic", "read_json",
            "write_sweep", "read_sweep", "write_trial", "read_trials", "write_baseline",
-           "read_baselines", "metric_columns", "primary_columns", "metric_value",
+           "read_baselines", "SPLITS", "SELECT_SPLIT", "REPORT_SPLIT", "parse_column",
+           "with_split", "metric_columns", "primary_columns", "metric_value",
            "train_from_metrics"]
 
 STATUSES = ("ok", "failed", "running", "stopped")
@@ -55,6 +66,9 @@ SWEEP_FILE = "sweep.json"
 TRIAL_FILE = "trial.json"
 # Tables list evaluations in the paper's order: linear first, then k-NN, semi-supervised, transfer.
 _PROTOCOL_ORDER = ("linear", "knn", "semi", "transfer")
+# Selection reads val, reporting shows test: tables put the two side by side, val first.
+SELECT_SPLIT, REPORT_SPLIT = "val", "test"
+SPLITS = (SELECT_SPLIT, REPORT_SPLIT)
 
 
 def sweep_file(run_dir: Path | str) -> Path:
@@ -168,9 +182,9 @@ def train_from_metrics(metrics: list[dict]) -> dict:
              "time_s": sum(m.get("time/epoch_s", 0.0) + m.get("time/eval_s", 0.0) for m in metrics),
              "images_per_s": last.get("throughput/images_per_s"),
              "loss": last.get("loss/total")}
-    probes = [m["probe/top1"] for m in metrics if "probe/top1" in m]
+    probes = [m["probe/val_top1"] for m in metrics if "probe/val_top1" in m]
     if probes:  # the probe may be evaluated every few epochs only: the latest value
-        train["probe_top1"] = probes[-1]
+        train["probe_val_top1"] = probes[-1]
     return {k: v for k, v in train.items() if v is not None}
 
 
@@ -208,6 +222,23 @@ def read_baselines(run_dir: Path | str) -> dict[str, dict]:
     return {record["name"]: record for record in records}
 
 
+def parse_column(column: str) -> tuple[str, str | None, str]:
+    """"<eval>/<split>/<measure>" -> (eval, split, measure); split is None where the column names
+    none of SPLITS (an old-style "<eval>/<measure>")."""
+    name, _, rest = column.partition("/")
+    split, sep, measure = rest.partition("/")
+    if sep and split in SPLITS:
+        return name, split, measure
+    return name, None, rest
+
+
+def with_split(column: str, split: str) -> str:
+    """The same eval and measure on another split: "knn/test/k200_top1" -> "knn/val/k200_top1"
+    (an old-style "knn/k200_top1" gets the split it lacked)."""
+    name, _, measure = parse_column(column)
+    return f"{name}/{split}/{measure}"
+
+
 def _eval_records(trials: list[dict], baselines: dict | None) -> dict[str, dict]:
     """One RECORD per eval name (the first seen), for its protocol, primary and metric keys."""
     seen: dict[str, dict] = {}
@@ -222,23 +253,31 @@ def _eval_records(trials: list[dict], baselines: dict | None) -> dict[str, dict]
 
 
 def metric_columns(trials: list[dict], baselines: dict | None = None) -> list[str]:
-    """"<eval>/<metric>" for every metric of every eval: evals in the paper's protocol order
-    (linear, knn, semi, transfer), each eval's primary metric first."""
+    """"<eval>/<split>/<measure>" for every metric of every eval: evals in the paper's protocol
+    order (linear, knn, semi, transfer), each eval's primary measure first, and each measure's val
+    column just before its test column, so that the two read side by side."""
     columns = []
     for name, entry in _eval_records(trials, baselines).items():
-        primary = entry["primary"]
-        keys = sorted(entry["keys"], key=lambda k: (k != primary, k))
+        keys = sorted(entry["keys"], key=lambda k, e=entry: _key_order(k, e["primary"]))
         columns += [f"{name}/{key}" for key in keys]
     return columns
 
 
-def primary_columns(trials: list[dict], baselines: dict | None = None) -> list[str]:
-    """"<eval>/<primary metric>" of every eval, in metric_columns' order."""
-    return [f"{name}/{entry['primary']}"
+def _key_order(key: str, primary: str | None) -> tuple:
+    """A metric key's place: the primary measure first, then by measure, val before test."""
+    _, split, measure = parse_column(f"eval/{key}")
+    return measure != primary, measure, SPLITS.index(split) if split else len(SPLITS)
+
+
+def primary_columns(trials: list[dict], baselines: dict | None = None, *,
+                    split: str) -> list[str]:
+    """"<eval>/<split>/<primary measure>" of every eval, in metric_columns' order: split "val"
+    for choosing, "test" for reporting."""
+    return [f"{name}/{split}/{entry['primary']}"
             for name, entry in _eval_records(trials, baselines).items() if entry["primary"]]
 
 
 def metric_value(evals: dict, column: str) -> float | None:
-    """The value of "<eval>/<metric>" in an {eval name: RECORD} dict, or None."""
+    """The value of "<eval>/<split>/<measure>" in an {eval name: RECORD} dict, or None."""
     name, _, key = column.partition("/")
     return evals.get(name, {}).get("metrics", {}).get(key)

@@ -3,6 +3,10 @@
 `Table` holds formatted cells; `to_markdown` and `to_text` render it (results.md, stdout) and
 `csv_rows` gives the same trials unformatted (results.csv). Accuracies are shown in percent with
 one decimal, as in the paper; the CSV keeps the recorded fractions.
+
+Columns are "<eval>/<split>/<measure>" (harness.results), each measure's val column beside its
+test column. The best trial and the best point (★) are the argmax of a val column only:
+best_trial and point_table refuse a test one, so the test numbers are shown, never chosen on.
 """
 
 from __future__ import annotations
@@ -10,16 +14,18 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass, field
 
-from harness.results import metric_value
+from harness.results import SELECT_SPLIT, metric_value, parse_column, with_split
 
-__all__ = ["Table", "param_keys", "best_trial", "trial_table", "point_table", "csv_rows",
-           "to_markdown", "to_text", "format_param", "format_metric", "BEST"]
+__all__ = ["Table", "param_keys", "check_selection_metric", "best_trial", "trial_table",
+           "point_table", "csv_rows", "to_markdown", "to_text", "format_param", "format_metric",
+           "BEST"]
 
 BEST = "★"
 MISSING = "-"
 # (column label, train key, format): what training recorded, after the evaluations.
 _TRAIN_COLUMNS = (("epochs", "epochs", "{:.0f}"), ("train s", "time_s", "{:.0f}"),
-                  ("images/s", "images_per_s", "{:.1f}"), ("probe top-1", "probe_top1", "pct"))
+                  ("images/s", "images_per_s", "{:.1f}"),
+                  ("probe val top-1", "probe_val_top1", "pct"))
 
 
 @dataclass
@@ -38,8 +44,18 @@ def param_keys(trials: list[dict], sweep: dict | None) -> list[str]:
     return keys + seen + (["seed"] if has_seed else [])
 
 
+def check_selection_metric(metric: str, where: str = "metric") -> str:
+    """`metric` if it is a val column; a ValueError naming `where` and the val spelling if not."""
+    if parse_column(metric)[1] != SELECT_SPLIT:
+        raise ValueError(f"{where} {metric}: the best row is chosen on the validation split only "
+                         "(test is reported, never used to choose); use "
+                         f"{with_split(metric, SELECT_SPLIT)}")
+    return metric
+
+
 def best_trial(trials: list[dict], metric: str) -> str | None:
-    """The trial_id with the highest `metric` (the first such on a tie), or None."""
+    """The trial_id with the highest val `metric` (the first such on a tie), or None."""
+    check_selection_metric(metric)
     best, best_value = None, None
     for t in trials:
         value = metric_value(t["evals"], metric)
@@ -115,7 +131,10 @@ def _mean_std(values: list[float], scale: float, fmt: str) -> str:
 
 def point_table(trials: list[dict], keys: list[str], metrics: list[str],
                 best_metric: str | None) -> Table | None:
-    """Mean ± std over seeds, one row per point; None where no point has two finished runs."""
+    """Mean ± std over seeds, one row per point, the best by the mean of the val column
+    `best_metric` marked; None where no point has two finished runs."""
+    if best_metric:
+        check_selection_metric(best_metric)
     groups = _points(trials, keys)
     if not any(len(g) > 1 for g in groups.values()):
         return None
@@ -146,7 +165,7 @@ def point_table(trials: list[dict], keys: list[str], metrics: list[str],
 def csv_rows(trials: list[dict], baselines: dict, keys: list[str], metrics: list[str],
              best: str | None) -> list[dict]:
     """The trial table unformatted: recorded values, fractions as fractions."""
-    train_keys = ("epochs", "steps", "time_s", "images_per_s", "loss", "probe_top1")
+    train_keys = ("epochs", "steps", "time_s", "images_per_s", "loss", "probe_val_top1")
     rows = [{"trial_id": t["trial_id"], "status": t["status"], "error": t.get("error") or "",
              **{k: t["params"].get(k, "") for k in keys},
              **{m: _blank(metric_value(t["evals"], m)) for m in metrics},

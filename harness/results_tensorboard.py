@@ -3,7 +3,10 @@
     <report>/tensorboard/hparams/               the experiment: every swept key, with the values
                                                 it took, and the metrics to show against them
     <report>/tensorboard/hparams/<trial_id>/    one session per trial: its params, its status,
-                                                its final metrics as scalars
+                                                its final metrics as scalars, each eval's on
+                                                val and on test ("linear/val/top1",
+                                                "linear/test/top1"), and the training summary
+                                                ("train/probe_val_top1", ...)
     <report>/tensorboard/figures/               the ablation PNGs as images
 
 Each trial's training curves are already under RUN_DIR/trials/<id>/pretrain/tensorboard, so
@@ -25,7 +28,7 @@ from harness.results import STATUSES, metric_value
 __all__ = ["TRAIN_METRICS", "write_tensorboard"]
 
 # Training summaries shown beside the evaluations, as "train/<key>" metrics.
-TRAIN_METRICS = ("probe_top1", "loss", "images_per_s", "time_s")
+TRAIN_METRICS = ("probe_val_top1", "loss", "images_per_s", "time_s")
 
 
 def _hparam_value(value):
@@ -52,6 +55,8 @@ def _session_hparams(trial: dict, keys: list[str], domains: dict) -> dict:
 
 def write_tensorboard(tb_dir: Path, trials: list[dict], keys: list[str], metrics: list[str],
                       figures: list[Path]) -> None:
+    """`metrics`: the report's columns, val and test alike (HParams shows both; it chooses
+    nothing)."""
     columns = [*metrics, *(f"train/{k}" for k in TRAIN_METRICS)]
     taken = {k: [_hparam_value(t["params"][k]) for t in trials if k in t["params"]] for k in keys}
     keys = [k for k in keys if taken[k]]  # e.g. a sweep key no trial has reported yet

@@ -20,10 +20,14 @@
       max_concurrent_trials: 2           # trials at once; each takes its config's `workers`
     scheduler:                           # optional: stop weak trials early
       type: asha
-      metric: probe/top1                 # a per-epoch metric of the training loop
-      grace_period: 1
+      metric: probe/val_top1             # a per-epoch metric of the training loop: the online
+      grace_period: 1                    # probe on val (the default), or loss/total
       reduction_factor: 2
-    metric: knn/k200_top1                # the report's best row
+    metric: knn/val/k200_top1            # the report's best row: <eval>/val/<measure>
+
+Every choice between trials reads the validation split only (carved from train by `harness
+prep`): the report's `metric` must name a val measure and the scheduler's a val or training
+metric; test measures ("knn/test/k200_top1") are for reporting and are refused here.
 
 The trial list is a pure function of the file (random points come from a seeded generator),
 so a sweep run again finds its own trials by id and skips the finished ones. Every trial's
@@ -35,6 +39,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,12 +48,15 @@ import numpy as np
 
 from harness.config import ConfigError, PretrainConfig, _read_yaml, load_config
 from harness.evaluation.settings import EvalSettings, parse_protocols
+from harness.results import SELECT_SPLIT, parse_column, with_split
 
 __all__ = ["SweepConfig", "TrialSpec", "load_sweep", "DISTRIBUTIONS", "SCHEDULER_METRICS"]
 
 DISTRIBUTIONS = ("loguniform", "uniform", "randint", "choice")
-# Per-epoch metrics ASHA can compare trials on, and which way is better.
-SCHEDULER_METRICS = {"probe/top1": "max", "loss/total": "min"}
+# Per-epoch metrics ASHA can compare trials on, and which way is better. Stopping a trial is a
+# choice between trials, so the probe's is its val score, never test.
+SCHEDULER_METRICS = {"probe/val_top1": "max", "loss/total": "min"}
+_RENAMED_SCHEDULER_METRICS = {"probe/top1": "probe/val_top1"}
 _TOP = {"name", "experiment", "storage_path", "set", "search", "evaluate", "resources",
         "scheduler", "metric"}
 
@@ -132,6 +140,55 @@ def _check_space(space: Any, mode: str) -> dict:
     return space
 
 
+def _eval_names(protocols: tuple[str, ...], settings: EvalSettings) -> list[str]:
+    """The record names this sweep's evaluations write; a transfer one is "transfer-<data set>",
+    named after a prepared data set, so only its prefix is known here."""
+    names = {"linear": ["linear"], "knn": ["knn"], "transfer": ["transfer-"],
+             "semi": [f"semi-{s}" for s in settings.semi_subset_names()]}
+    return [n for p in protocols for n in names[p]]
+
+
+def _check_metric(metric: Any, protocols: tuple[str, ...], settings: EvalSettings) -> str | None:
+    """The report's `metric`: "<eval>/val/<measure>" of an evaluation this sweep runs."""
+    if metric is None:
+        return None
+    if not isinstance(metric, str) or "/" not in metric:
+        raise ConfigError(f"metric: {metric!r}: expected <eval>/val/<measure>, e.g. "
+                          "knn/val/k200_top1")
+    name, split, measure = parse_column(metric)
+    if split != SELECT_SPLIT:
+        what = "reads the test split" if split else "names no split"
+        raise ConfigError(f"metric: {metric!r} {what}: the best row is selected on the validation "
+                          "split only, and test is for reporting; write metric: "
+                          f"{with_split(metric, SELECT_SPLIT)}")
+    names = _eval_names(protocols, settings)
+    if not any(name == n or (n.endswith("-") and name.startswith(n) and name != n)
+               for n in names):
+        shown = [f"{n}<data set>" if n.endswith("-") else n for n in names]
+        raise ConfigError(f"metric: {metric!r}: this sweep runs no evaluation {name!r} "
+                          f"(evaluate.protocols: {', '.join(protocols)}); name one of: "
+                          f"{', '.join(shown)}")
+    if not measure:
+        raise ConfigError(f"metric: {metric!r}: name a measure after val/, e.g. {name}/val/top1")
+    return metric
+
+
+def _check_scheduler_metric(metric: Any) -> str:
+    if metric in _RENAMED_SCHEDULER_METRICS:
+        new = _RENAMED_SCHEDULER_METRICS[metric]
+        raise ConfigError(f"scheduler.metric: {metric!r} was renamed {new}: the online probe is "
+                          "now scored on the validation split, so that stopping trials early "
+                          f"never reads the test set; write metric: {new}")
+    if isinstance(metric, str) and "test" in re.split(r"[/_]", metric):
+        raise ConfigError(f"scheduler.metric: {metric!r} reads the test split: ASHA chooses "
+                          "between trials, and choices read the validation split only (test is "
+                          f"for reporting); choose one of: {', '.join(SCHEDULER_METRICS)}")
+    if metric not in SCHEDULER_METRICS:
+        raise ConfigError(f"scheduler.metric: {metric!r}: choose one of the metrics the training "
+                          f"loop reports every epoch: {', '.join(SCHEDULER_METRICS)}")
+    return metric
+
+
 def _draw(spec: Any, rng: np.random.Generator) -> Any:
     if isinstance(spec, list):
         return spec[int(rng.integers(len(spec)))]
@@ -213,6 +270,7 @@ def load_sweep(path: Path | str, *, name: str | None = None, storage_path: str |
         settings = EvalSettings.from_dict(ev.get("settings") or {})
     except ConfigError as err:
         raise ConfigError(f"evaluate.settings: {err}") from None
+    metric = _check_metric(raw.get("metric"), protocols, settings)
 
     resources = _section(raw, "resources", {"max_concurrent_trials"})
     concurrent = resources.get("max_concurrent_trials", 1)
@@ -226,7 +284,8 @@ def load_sweep(path: Path | str, *, name: str | None = None, storage_path: str |
                              {"type", "metric", "grace_period", "reduction_factor"})
         if scheduler.get("type", "asha") != "asha":
             raise ConfigError(f"scheduler.type: {scheduler['type']!r}: only asha is supported")
-        scheduler = {"type": "asha", "metric": scheduler.get("metric", "probe/top1"),
+        scheduler = {"type": "asha",
+                     "metric": _check_scheduler_metric(scheduler.get("metric", "probe/val_top1")),
                      "grace_period": int(scheduler.get("grace_period", 1)),
                      "reduction_factor": int(scheduler.get("reduction_factor", 2))}
 
@@ -252,13 +311,11 @@ def load_sweep(path: Path | str, *, name: str | None = None, storage_path: str |
             except ConfigError as err:
                 raise ConfigError(f"trial {trial_id} ({params}): {err}") from None
             trials.append(TrialSpec(trial_id, params, cfg))
-    if scheduler and scheduler["metric"] not in SCHEDULER_METRICS:
-        raise ConfigError(f"scheduler.metric: {scheduler['metric']!r}: choose one of the metrics "
-                          f"the training loop reports every epoch: {', '.join(SCHEDULER_METRICS)}")
-    if (scheduler and scheduler["metric"] == "probe/top1"
+    if (scheduler and scheduler["metric"] == "probe/val_top1"
             and not all(t.config.probe.enabled for t in trials)):
-        raise ConfigError("scheduler.metric: probe/top1 needs probe.enabled: true in every trial")
+        raise ConfigError("scheduler.metric: probe/val_top1 needs probe.enabled: true in every "
+                          "trial")
     return SweepConfig(path, name, experiment, run_dir, storage_uri, fixed, mode, space, tuple(seeds),
                        num_samples, int(search.get("seed", 0)), protocols, transfer,
                        bool(ev.get("baseline", True)), settings, concurrent, scheduler,
-                       raw.get("metric"), tuple(trials))
+                       metric, tuple(trials))

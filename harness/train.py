@@ -4,7 +4,7 @@ Each worker reads its own shard of the training split through the FFCV two-view 
 both views through the twin network (DDP, via ray.train.torch.prepare_model), and steps LARS on
 the Barlow Twins loss over the GLOBAL batch (harness.loss all-reduces the cross-correlation
 with autograd). The learning rate follows the authors' per-step warm-up + cosine. Per epoch:
-the online probe is evaluated, metrics go to `ray.train.report` (and, from rank 0, to
+the online probe is evaluated on the validation list, metrics go to `ray.train.report` (and, from rank 0, to
 TensorBoard and metrics.jsonl), and every `run.checkpoint_every` epochs rank 0 attaches a
 checkpoint. A restarted worker group, or a run started again under the same name, resumes
 from Ray's latest checkpoint at the same optimizer step, with the same data order.
@@ -28,9 +28,8 @@ import numpy as np
 import ray.train
 import ray.train.torch
 import torch
-from torch import nn
 
-from data_prep import read_manifest
+from data_prep import read_manifest, validation_part
 from harness.checkpoint import checkpoint_dir_name, load_state, save_state, write_export
 from harness.config import PretrainConfig
 from harness.data import beton_path, eval_loader, two_view_loader, view_grid
@@ -39,7 +38,7 @@ from harness.probe import OnlineProbe
 from harness.run_log import RunLog
 from harness.step import TwinStep, autocast_for, build_model, build_optimizer
 
-__all__ = ["train_loop", "subset_indices"]
+__all__ = ["train_loop"]
 
 # Ray Train V2 tees print() to stdout and its logger (each line shows twice); a logger shows once.
 log = logging.getLogger(__name__)
@@ -52,19 +51,11 @@ def train_loop(loop_config: dict) -> None:
     _Worker(PretrainConfig.from_dict(loop_config["config"])).run()
 
 
-def subset_indices(data_dir: Path, manifest: dict, subset: str | None) -> np.ndarray | None:
-    """Indices into the train split of a label-subset list written by `harness prep`."""
-    if subset is None:
-        return None
-    text = (data_dir / manifest["subsets"][subset]["file"]).read_text()
-    return np.array([int(line) for line in text.split()], dtype=np.int64)
-
-
-def _eval_indices(count: int, wanted: int | None, seed: int) -> np.ndarray | None:
-    if wanted is None or wanted >= count:
-        return None
+def _sample(indices: np.ndarray, wanted: int | None, seed: int) -> np.ndarray:
+    if wanted is None or wanted >= len(indices):
+        return indices
     # Random, not the first `wanted`: prep stores a split sorted by class.
-    return np.sort(np.random.default_rng(seed).choice(count, size=wanted, replace=False))
+    return np.sort(np.random.default_rng(seed).choice(indices, size=wanted, replace=False))
 
 
 def _seed_epoch(loader, seed: int, rank: int, epoch: int) -> None:
@@ -95,11 +86,11 @@ class _Worker:
 
         data_dir = Path(cfg.data.dir)
         manifest = read_manifest(data_dir)
+        training = cfg.data.training_part(manifest)
         self.loader = two_view_loader(
-            beton_path(data_dir, cfg.data.train_split), batch_size=cfg.per_worker_batch,
+            beton_path(data_dir, training.split), batch_size=cfg.per_worker_batch,
             resolution=cfg.data.resolution, views=cfg.data.view_augments(), device=self.device,
-            num_workers=cfg.data.loader_workers, seed=cfg.seed,
-            indices=subset_indices(data_dir, manifest, cfg.data.subset),
+            num_workers=cfg.data.loader_workers, seed=cfg.seed, indices=training.indices,
             distributed=self.world > 1)
         checkpoint = ray.train.get_checkpoint()
         state = None
@@ -122,23 +113,26 @@ class _Worker:
 
         self.probe = self.eval_loader = None
         if cfg.probe.enabled:
-            head = nn.Linear(self._module.feature_dim, len(manifest["classes"]))
+            head = OnlineProbe.head(self._module.feature_dim, len(manifest["classes"]))
             self.probe = OnlineProbe(ray.train.torch.prepare_model(head), cfg.probe)
             if state and state["probe"]:
                 self.probe.load_state_dict(state["probe"])
+            # Measured on the validation list, never on test: ASHA stops trials on this number.
+            val = validation_part(data_dir, manifest)
+            every = val.indices if val.indices is not None else \
+                np.arange(manifest["splits"][val.split]["count"])
             self.eval_loader = eval_loader(
-                beton_path(data_dir, cfg.data.eval_split), batch_size=cfg.per_worker_batch,
+                beton_path(data_dir, val.split), batch_size=cfg.per_worker_batch,
                 resolution=cfg.data.resolution, device=self.device,
                 num_workers=cfg.data.loader_workers, distributed=self.world > 1,
-                indices=_eval_indices(manifest["splits"][cfg.data.eval_split]["count"],
-                                      cfg.probe.eval_images, cfg.seed))
+                indices=_sample(every, cfg.probe.eval_images, cfg.seed))
 
         self.train_step = TwinStep(self.model, self.optimizer, cfg, probe=self.probe,
                                    steps_per_epoch=len(self.loader), device=self.device)
         self.log = RunLog(self.run_dir, resume_step=self.step, enabled=self.rank == 0)
         if self.step == 0 and self.log.enabled:
             grid = view_grid(data_dir, resolution=cfg.data.resolution,
-                             views=cfg.data.view_augments(), split=cfg.data.train_split,
+                             views=cfg.data.view_augments(), split=training.split,
                              seed=cfg.seed)
             self.log.image("augmentations/original_viewA_viewB", grid, 0)
             self.log.text("config", "```\n" + json.dumps(cfg.to_dict(), indent=2) + "\n```")
@@ -233,7 +227,7 @@ class _Worker:
         top1 = self.probe.evaluate(self._module.backbone, self.eval_loader,
                                    autocast_for(self.device))
         self.model.train()
-        return {"probe/top1": top1, "time/eval_s": time.perf_counter() - start}
+        return {"probe/val_top1": top1, "time/eval_s": time.perf_counter() - start}
 
     def _memory(self) -> dict:
         if self.on_gpu:
@@ -271,7 +265,7 @@ class _Worker:
 
 
 def _summary(m: dict, epochs: int) -> str:
-    probe = f" probe top-1 {m['probe/top1']:.3f}" if "probe/top1" in m else ""
+    probe = f" probe val top-1 {m['probe/val_top1']:.3f}" if "probe/val_top1" in m else ""
     return (f"epoch {m['epoch']}/{epochs} step {m['step']}: loss {m['loss/total']:.4g} "
             f"(on-diag {m['loss/on_diag']:.4g}, off-diag {m['loss/off_diag']:.4g}){probe}, "
             f"{m['throughput/images_per_s']:.1f} images/s, "

@@ -19,7 +19,7 @@ from harness.evaluation.data import beton_labels, indices_digest
 from harness.evaluation.features import extract_features
 from harness.evaluation.finetune import finetune
 from harness.evaluation.knn import knn_votes
-from harness.evaluation.linear import _standardise, fit_logistic, linear_fast
+from harness.evaluation.linear import L2_GRID, _standardise, fit_logistic, linear_fast
 from harness.model import BarlowTwins
 
 REPO = Path(__file__).resolve().parents[1]
@@ -100,10 +100,27 @@ def test_fast_linear_agrees_with_sklearn(features):
     assert ours_obj == pytest.approx(theirs_obj, rel=1e-3)
     ours = (test_x @ weight + bias).argmax(1).numpy()
     assert (ours == reference.predict(test_x.numpy())).mean() >= 0.98
-    metrics, used = linear_fast(train_f, train_y, test_f, test_y, num_classes=10, l2=l2, seed=0)
-    assert metrics["top1"] == pytest.approx(reference.score(test_x.numpy(), test_y.numpy()), abs=0.02)
-    assert (used["l2"], used["l2_chosen_on_holdout"]) == (l2, False)
+    metrics, used = linear_fast(features["train"], features["test"], features["test"],
+                                num_classes=10, l2=l2)
+    score = reference.score(test_x.numpy(), test_y.numpy())
+    assert metrics["test/top1"] == pytest.approx(score, abs=0.02)
+    assert metrics["val/top1"] == metrics["test/top1"]  # here both are the test features
+    assert (used["l2"], used["l2_chosen_on"]) == (l2, "given")
     assert 0.0 <= used["train_top1"] <= 1.0
+
+
+def test_fast_linear_chooses_its_l2_on_val(features):
+    """The penalty is the grid's best on the val set it is given, whatever test says: planted
+    as val = the training images themselves, the least penalised fit (it memorises) wins."""
+    _, used = linear_fast(features["train"], features["train"], features["test"],
+                          num_classes=10, l2=None)
+    scores = used["l2_val_top1"]
+    assert used["l2_chosen_on"] == "val" and set(scores) == {str(p) for p in L2_GRID}
+    assert used["l2"] == L2_GRID[0] and scores[str(L2_GRID[0])] == max(scores.values())
+    _, used = linear_fast(features["train"], features["test"], features["test"],
+                          num_classes=10, l2=None)
+    best = max(used["l2_val_top1"].values())
+    assert used["l2_val_top1"][str(used["l2"])] == best
 
 
 def test_labelled_loader_reads_exactly_the_given_indices(cifar_data):
@@ -117,7 +134,8 @@ def test_labelled_loader_reads_exactly_the_given_indices(cifar_data):
 
 def test_semi_fine_tunes_on_exactly_the_subset_list(export_dir, cifar_data):
     backbone = load_backbone(export_dir)
-    settings = EvalSettings(semi_epochs=1, loader_workers=1, test_images=50)
+    # Batches of 16 over 40 images: with drop_last, 8 of them would be left out each epoch.
+    settings = EvalSettings(semi_epochs=1, loader_workers=1, test_images=50, batch_size=16)
     data = plan(backbone, ["semi"], cifar_data, settings=settings).data
     before = {k: v.clone() for k, v in backbone.module.state_dict().items()}
     metrics, used = finetune(backbone.module, backbone.feature_dim, data, "10pct",
@@ -127,7 +145,11 @@ def test_semi_fine_tunes_on_exactly_the_subset_list(export_dir, cifar_data):
     assert used["train_images"] == len(subset) == 40
     assert used["train_indices_sha256"] == indices_digest(subset)
     assert used["first_epoch_labels"] == dict(Counter(labels[subset].tolist()))
-    assert 0.0 <= metrics["top1"] <= metrics["top5"] <= 1.0
+    assert used["first_epoch_images"] == 40 and used["batch_size"] == 14  # 14 + 14 + 12
+    val = np.array((cifar_data / "val.txt").read_text().split(), dtype=np.int64)
+    assert not set(subset) & set(val)  # prep drew the subset outside the validation list
+    for split in ("val", "test"):
+        assert 0.0 <= metrics[f"{split}/top1"] <= metrics[f"{split}/top5"] <= 1.0
     # The caller's backbone is not the one fine-tuned.
     assert all(torch.equal(before[k], v) for k, v in backbone.module.state_dict().items())
 
@@ -155,15 +177,40 @@ def test_eval_command_writes_complete_records(export_dir, cifar_data, tmp_path, 
         linear = json.loads((folder / "linear.json").read_text())
         knn = json.loads((folder / "knn.json").read_text())
         assert linear["init"] == knn["init"] == init
-        assert set(knn["metrics"]) == {"k5_top1", "k5_top5", "k20_top1", "k20_top5"}
+        assert set(knn["metrics"]) == {f"{split}/k{k}_top{t}" for split in ("val", "test")
+                                       for k in (5, 20) for t in (1, 5)}
         assert knn["primary"] == "k20_top1"
+        assert set(linear["metrics"]) == {"val/top1", "val/top5", "test/top1", "test/top5"}
+        assert linear["settings"]["l2_chosen_on"] == "val"
         for record in (linear, knn):
-            assert record["data"]["train_images"] == 400 and record["data"]["test_images"] == 100
+            # 40 train images per class: 4 of them are the validation list, never fitted on.
+            data = record["data"]
+            assert (data["train_images"], data["val_images"], data["test_images"]) == \
+                (360, 40, 100)
             assert record["checkpoint"]["arch"] == "resnet18"
             assert record["checkpoint"]["config"]["model"]["projector"] == "512-512"
             assert record["versions"]["torch"] and record["hardware"]["cpus"] >= 1
             assert record["seed"] == 0 and record["wall_time_s"] >= 0
             assert "git" in record and record["settings"]["knn_k"] == "5,20"
+
+
+def test_no_fit_sees_a_val_image(export_dir, cifar_data):
+    """Memorisation tells: a 1-NN whose bank held the val images would find each one itself
+    (val top-1 1.0), and a nearly unpenalised linear fit that trained on them would score on
+    val what it scores on its training images. Neither may happen; test is another split."""
+    backbone = load_backbone(export_dir)
+    settings = EvalSettings(loader_workers=1, knn_k="1", linear_l2=1e-6)
+    linear, knn = evaluate(backbone, ["linear", "knn"], cifar_data, settings=settings)
+    assert knn["metrics"]["val/k1_top1"] < 0.8, knn["metrics"]
+    train_top1 = linear["settings"]["train_top1"]
+    assert train_top1 > 0.9  # it can memorise what it trains on ...
+    assert linear["metrics"]["val/top1"] < train_top1 - 0.3, (linear["metrics"], train_top1)
+    data = plan(backbone, ["linear"], cifar_data, settings=settings).data
+    fitted = set(data.part("train").indices.tolist())
+    val = np.array((cifar_data / "val.txt").read_text().split(), dtype=np.int64)
+    assert data.part("val").split == "train" and set(data.part("val").indices) == set(val)
+    assert not fitted & set(val) and len(fitted | set(val)) == 400
+    assert data.part("test").split == "test"
 
 
 def test_random_backbone_is_the_initial_weights(export_dir):

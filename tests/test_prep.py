@@ -229,6 +229,65 @@ def test_label_subsets_are_balanced_and_reproducible(cifar_folder, cifar_raw, tm
     assert again["fingerprint"] == manifest["fingerprint"]
 
 
+def test_validation_list_is_carved_from_train_and_kept_apart(cifar_raw, cifar_folder, tmp_path):
+    out, manifest = cifar_raw
+    val = manifest["validation"]
+    assert (val["split"], val["file"], val["fraction"], val["max_per_class"]) == \
+        ("train", "val.txt", 0.1, 100)
+    text = (out / "val.txt").read_text()
+    assert val["sha256"] == hashlib.sha256(text.encode()).hexdigest()
+    indices = np.array([int(line) for line in text.split()])
+    _, train_labels = read_beton(out / "train.beton")
+    assert np.all(np.diff(indices) > 0) and indices.max() < 400
+    assert np.bincount(train_labels[indices], minlength=10).tolist() == val["per_class"] == [4] * 10
+    for name in SUBSET_FRACTIONS:  # the label subsets are drawn from the rest of train
+        subset = (out / manifest["subsets"][name]["file"]).read_text().split()
+        assert not set(map(int, subset)) & set(indices.tolist())
+    again = prepare(str(cifar_folder), tmp_path / "again", write_mode="raw", **FAST)
+    assert (tmp_path / "again" / "val.txt").read_text() == text  # seeded: the same list
+
+    capped = prepare(str(cifar_folder), tmp_path / "capped", write_mode="raw",
+                     val_fraction=0.5, val_max_per_class=3, **FAST)
+    assert capped["validation"]["per_class"] == [3] * 10  # min(3, round(0.5 * 40))
+    assert capped["fingerprint"] != again["fingerprint"]
+    assert data_prep.fit_part(tmp_path / "capped", capped).count(capped) == 370
+
+    edited = tmp_path / "edited"
+    shutil.copytree(out, edited)
+    first = text.split()[0]  # swapped for another training image: same size, other content
+    other = next(str(i) for i in range(400) if len(str(i)) == len(first) and i not in indices)
+    (edited / "val.txt").write_text(text.replace(first + "\n", other + "\n", 1))
+    with pytest.raises(PrepError, match="val.txt does not match"):
+        data_prep.validation_part(edited, read_manifest(edited))
+
+
+def test_a_shipped_val_split_is_the_validation_split(cifar_folder, tmp_path):
+    root = tmp_path / "three"
+    copy_classes(cifar_folder, root, ("bird", "cat"), {"train": 8, "test": 4})
+    for cls in ("bird", "cat"):  # val: other training images, beside train and test
+        (root / "val" / cls).mkdir(parents=True)
+        for image in sorted((cifar_folder / "train" / cls).iterdir())[30:33]:
+            shutil.copy(image, root / "val" / cls / image.name)
+    manifest = prepare(str(root), tmp_path / "out", write_mode="raw", **FAST)
+    assert manifest["validation"] == {"split": "val", "count": 6, "per_class": [3, 3]}
+    assert not (tmp_path / "out" / "val.txt").exists()
+    part = data_prep.validation_part(tmp_path / "out", manifest)
+    assert (part.split, part.indices) == ("val", None)
+    assert data_prep.fit_part(tmp_path / "out", manifest).indices is None  # all of train
+
+
+def test_validation_errors_name_the_problem(cifar_folder, tmp_path):
+    root = tmp_path / "tiny"
+    copy_classes(cifar_folder, root, ("bird", "cat"), {"train": 1, "test": 1})
+    with pytest.raises(PrepError, match="class bird has 1 training image.*leaves none"):
+        prepare(str(root), tmp_path / "out", **FAST)
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+    for bad, message in (({"val_fraction": 1.0}, "val_fraction"),
+                         ({"val_max_per_class": 0}, "val_max_per_class")):
+        with pytest.raises(PrepError, match=message):
+            prepare(str(cifar_folder), tmp_path / "bad", **bad, **FAST)
+
+
 def test_up_to_date_output_is_kept_until_forced_or_options_change(cifar_folder, tmp_path):
     abandoned = tmp_path / ".partial-999999999"  # left by a killed run: no such process
     abandoned.mkdir()

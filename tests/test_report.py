@@ -2,8 +2,11 @@
 
 The golden sweep (tests/data/sweep_golden/) is a hand-written record of a lambda x projector
 grid on CIFAR-10: two seeds on two points, one trial failed with a NaN loss, one stopped by
-ASHA, and random-init baselines. Its report must match tests/data/sweep_golden_results.md to the
-character. After an intended change of the report's format, regenerate the expected file with
+ASHA, and random-init baselines. Each evaluation has val and test metrics; the val values are
+the test ones shifted by a planted offset per trial, so that the best on val (t0003, which the
+report must select) is not the best on test (t0004). Its report must match
+tests/data/sweep_golden_results.md to the character. After an intended change of the report's
+format, regenerate the expected file with
 
     BT_REGEN_GOLDEN=1 .venv/bin/python -m pytest tests/test_report.py -k golden
 
@@ -45,7 +48,8 @@ def test_report_matches_golden_markdown(sweep, capsys):
         EXPECTED_MD.write_text(markdown)
     assert markdown == EXPECTED_MD.read_text()
     printed = capsys.readouterr().out
-    assert "Best by `knn/k200_top1`: t0004 ★" in printed
+    assert "Best by `knn/val/k200_top1`: t0003 ★, val 42.7, test 40.6" in printed
+    assert "were never used to choose anything" in printed
     assert "failed: loss is NaN at epoch 2 (step 17)" in printed
 
 
@@ -64,12 +68,15 @@ def test_figures_and_csv(sweep):
     assert len(rows) == 9 + 1  # every trial, then the random-init baseline
     assert list(rows[0]) == [
         "trial_id", "status", "error", "loss.lambd", "model.projector", "batch_size", "seed",
-        "linear/top1", "linear/top5", "knn/k200_top1", "knn/k200_top5", "knn/k20_top1",
-        "knn/k20_top5", "epochs", "steps", "time_s", "images_per_s", "loss", "probe_top1", "best"]
+        "linear/val/top1", "linear/test/top1", "linear/val/top5", "linear/test/top5",
+        "knn/val/k200_top1", "knn/test/k200_top1", "knn/val/k200_top5", "knn/test/k200_top5",
+        "knn/val/k20_top1", "knn/test/k20_top1", "knn/val/k20_top5", "knn/test/k20_top5",
+        "epochs", "steps", "time_s", "images_per_s", "loss", "probe_val_top1", "best"]
     best = [r["trial_id"] for r in rows if r["best"] == "1"]
-    assert best == ["t0004"]
-    assert rows[-1]["trial_id"] == "random-init" and float(rows[-1]["linear/top1"]) == 0.2843
-    assert rows[5]["error"] == "loss is NaN at epoch 2 (step 17)" and rows[5]["linear/top1"] == ""
+    assert best == ["t0003"]  # the best on val; t0004 is the best on test
+    assert rows[-1]["trial_id"] == "random-init" and float(rows[-1]["linear/test/top1"]) == 0.2843
+    assert rows[5]["error"] == "loss is NaN at epoch 2 (step 17)"
+    assert rows[5]["linear/val/top1"] == rows[5]["linear/test/top1"] == ""
 
 
 def _tensorboard_app(logdir: Path):
@@ -120,7 +127,8 @@ def test_tensorboard_shows_hparams_scalars_and_images(sweep):
     experiment = _post(client, "/data/plugin/hparams/experiment", {"experimentName": ""})
     assert {h["name"] for h in experiment["hparamInfos"]} == \
         {"loss.lambd", "model.projector", "batch_size", "seed", "status"}
-    assert {"linear/top1", "knn/k200_top1", "train/probe_top1"} <= \
+    assert {"linear/val/top1", "linear/test/top1", "knn/val/k200_top1", "knn/test/k200_top1",
+            "train/probe_val_top1"} <= \
         {m["name"]["tag"] for m in experiment["metricInfos"]}
     groups = _post(client, "/data/plugin/hparams/session_groups", {
         "experimentName": "", "startIndex": 0, "sliceSize": 100, "colParams": [],
@@ -145,7 +153,7 @@ def test_tensorboard_shows_hparams_scalars_and_images(sweep):
 def _metrics_line(epoch: int) -> str:
     return json.dumps({"epoch": epoch, "step": 4 * epoch, "loss/total": 900.0 / epoch,
                        "throughput/images_per_s": 24.0 + epoch, "time/epoch_s": 20.0,
-                       "time/eval_s": 2.0, "probe/top1": 0.1 * epoch}) + "\n"
+                       "time/eval_s": 2.0, "probe/val_top1": 0.1 * epoch}) + "\n"
 
 
 def test_running_trial_read_from_metrics(sweep, capsys):
@@ -163,7 +171,7 @@ def test_running_trial_read_from_metrics(sweep, capsys):
     assert running["params"] == {"loss.lambd": 0.0051, "model.projector": "512-2048",
                                  "batch_size": 128, "seed": 2}
     assert running["train"] == {"epochs": 2, "steps": 8, "time_s": 44.0, "images_per_s": 26.0,
-                                "loss": 450.0, "probe_top1": 0.2}
+                                "loss": 450.0, "probe_val_top1": 0.2}
     assert _report(sweep) == 0
     assert "running (epoch 2)" in capsys.readouterr().out
 
@@ -197,7 +205,8 @@ def test_write_and_read_round_trip(tmp_path):
     record = {"trial_id": "t0001", "params": {"loss.lambd": 0.005, "seed": 1}, "status": "ok",
               "error": None, "train": {"epochs": 1},
               "evals": {"semi-1pct": {"name": "semi-1pct", "protocol": "semi", "primary": "top1",
-                                      "metrics": {"top5": 0.5, "top1": 0.2}}}}
+                                      "metrics": {"test/top5": 0.5, "test/top1": 0.2,
+                                                  "val/top1": 0.3, "val/top5": 0.6}}}}
     write_trial(tmp_path, record)
     write_trial(tmp_path, {**record, "trial_id": "t0000"})
     write_json_atomic(tmp_path / "sweep.json", {"name": "s"})
@@ -207,19 +216,24 @@ def test_write_and_read_round_trip(tmp_path):
     assert read_baselines(tmp_path) == {}
     # No temporary file is left beside the records.
     assert sorted(p.name for p in (tmp_path / "trials" / "t0001").iterdir()) == ["trial.json"]
-    assert metric_columns(read_trials(tmp_path)) == ["semi-1pct/top1", "semi-1pct/top5"]
+    assert metric_columns(read_trials(tmp_path)) == [
+        "semi-1pct/val/top1", "semi-1pct/test/top1", "semi-1pct/val/top5", "semi-1pct/test/top5"]
 
 
 def test_metric_order_follows_protocols():
     def trial(*evals):
         return {"evals": {name: {"name": name, "protocol": protocol, "primary": primary,
-                                 "metrics": {primary: 0.1, "top5": 0.2}}
+                                 "metrics": {f"test/{primary}": 0.1, f"val/{primary}": 0.1,
+                                             "test/top5": 0.2, "val/top5": 0.2}}
                           for name, protocol, primary in evals}}
 
     trials = [trial(("transfer-tiny", "transfer", "top1"), ("knn", "knn", "k200_top1")),
               trial(("linear", "linear", "top1"))]
-    assert metric_columns(trials) == ["linear/top1", "linear/top5", "knn/k200_top1", "knn/top5",
-                                      "transfer-tiny/top1", "transfer-tiny/top5"]
+    assert metric_columns(trials) == [
+        "linear/val/top1", "linear/test/top1", "linear/val/top5", "linear/test/top5",
+        "knn/val/k200_top1", "knn/test/k200_top1", "knn/val/top5", "knn/test/top5",
+        "transfer-tiny/val/top1", "transfer-tiny/test/top1", "transfer-tiny/val/top5",
+        "transfer-tiny/test/top5"]
 
 
 def test_empty_sweep_says_so(tmp_path, capsys):
@@ -237,10 +251,68 @@ def test_not_a_sweep(tmp_path, capsys):
 
 
 def test_metric_option(sweep, capsys):
-    assert _report(sweep, "--metric", "linear/top9") == 2
-    assert "choose one of: linear/top1" in capsys.readouterr().err
-    assert _report(sweep, "--metric", "linear/top5") == 0
-    assert "Best by `linear/top5`: t0004" in capsys.readouterr().out
+    assert _report(sweep, "--metric", "linear/val/top9") == 2
+    assert "choose one of: linear/val/top1, linear/val/top5, knn/val/k200_top1" in \
+        capsys.readouterr().err
+    assert _report(sweep, "--metric", "linear/val/top5") == 0
+    assert "Best by `linear/val/top5`: t0003" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("metric", ["linear/test/top1", "linear/top1"])
+def test_metric_option_refuses_test_and_unsplit_columns(sweep, capsys, metric):
+    assert _report(sweep, "--metric", metric) == 2
+    err = capsys.readouterr().err
+    assert f"--metric {metric}: the best row is chosen on the validation split only" in err
+    assert "test is reported, never used to choose" in err and "use linear/val/top1" in err
+    assert not (sweep / "report").exists()
+
+
+def test_old_sweep_metric_is_refused_with_the_fix(sweep, capsys):
+    sweep_json = json.loads((sweep / "sweep.json").read_text())
+    write_json_atomic(sweep / "sweep.json", {**sweep_json, "metric": "knn/k200_top1"})
+    assert _report(sweep) == 2
+    assert "sweep.json's metric knn/k200_top1" in capsys.readouterr().err
+    assert _report(sweep, "--metric", "knn/val/k200_top1") == 0
+
+
+def _planted(trial_id: str, lambd: float, seed: int, val: float, test: float) -> dict:
+    metrics = {"val/top1": val, "val/top5": 0.9, "test/top1": test, "test/top5": 0.9}
+    return {"trial_id": trial_id, "params": {"loss.lambd": lambd, "seed": seed}, "status": "ok",
+            "error": None, "train": {"epochs": 1},
+            "evals": {"linear": {"name": "linear", "protocol": "linear", "primary": "top1",
+                                 "metrics": metrics}}}
+
+
+@pytest.mark.parametrize("metric", [None, "linear/val/top1"])
+def test_selection_reads_val_never_test(tmp_path, capsys, metric):
+    """Point 0.001 is the best on test and the worst on val (both seeds): the report selects
+    point 0.01 and its best trial on val, and shows the higher test numbers unselected."""
+    write_json_atomic(tmp_path / "sweep.json", {"name": "planted", "metric": metric,
+                                                "space": {"loss.lambd": [0.001, 0.01]}})
+    for record in (_planted("t0000", 0.001, 0, val=0.30, test=0.60),
+                   _planted("t0001", 0.01, 0, val=0.50, test=0.40),
+                   _planted("t0002", 0.001, 1, val=0.32, test=0.58),
+                   _planted("t0003", 0.01, 1, val=0.48, test=0.42)):
+        write_trial(tmp_path, record)
+    assert _report(tmp_path) == 0
+    printed = capsys.readouterr().out
+    assert "Best by `linear/val/top1`: t0001 ★, val 50.0, test 40.0." in printed
+    markdown = (tmp_path / "report" / "results.md").read_text()
+    assert "the highest `linear/val/top1`, a measure on the validation split" in markdown
+    assert "were never used to choose anything" in markdown
+    rows = [line for line in markdown.splitlines() if line.startswith("| t0")]
+    # Trials (trial, status, lambd, seed, val/top1, test/top1, ...), then points (trials,
+    # lambd, seeds, val/top1, test/top1, ...).
+    assert [r.split(" | ")[:6] for r in rows[:4]] == [
+        ["| t0000", "ok", "0.001", "0", "30.0", "60.0"],
+        ["| t0001 ★", "ok", "0.01", "0", "50.0", "40.0"],
+        ["| t0002", "ok", "0.001", "1", "32.0", "58.0"],
+        ["| t0003", "ok", "0.01", "1", "48.0", "42.0"]]
+    assert [r.split(" | ")[:5] for r in rows[4:]] == [
+        ["| t0000, t0002", "0.001", "2", "31.0 ± 1.4", "59.0 ± 1.4"],
+        ["| t0001, t0003 ★", "0.01", "2", "49.0 ± 1.4", "41.0 ± 1.4"]]
+    with (tmp_path / "report" / "results.csv").open() as f:
+        assert [r["trial_id"] for r in csv.DictReader(f) if r["best"] == "1"] == ["t0001"]
 
 
 def test_report_is_replaced_whole(sweep, tmp_path):

@@ -57,7 +57,7 @@ def _sweep_file(tmp_path: Path, data_dir: Path, name: str, *, space: dict, setti
         "search": {"mode": "grid", "space": space, "seeds": [0]},
         "evaluate": {"protocols": ["linear", "knn"], "baseline": True,
                      "settings": {"loader_workers": 1, **settings}},
-        "resources": {"max_concurrent_trials": concurrent}, "metric": "knn/k200_top1"}))
+        "resources": {"max_concurrent_trials": concurrent}, "metric": "knn/val/k200_top1"}))
     return path
 
 
@@ -75,7 +75,7 @@ def demo_sweep(cifar_full, tmp_path_factory) -> tuple[Path, str]:
     tmp = tmp_path_factory.mktemp("demo")
     path = _sweep_file(tmp, cifar_full, "demo",
                        space={"loss.lambd": [0.0025, 0.01]},
-                       settings={"train_images": 1000, "test_images": 500},
+                       settings={"train_images": 1000, "val_images": 500, "test_images": 500},
                        # No online probe: the evaluations say what it would, and its per-epoch
                        # pass over test images and its own FFCV pipeline cost minutes on a CPU.
                        fixed={"epochs": 2, "run.checkpoint_every": 2, "probe.enabled": False,
@@ -96,11 +96,15 @@ def test_demo_sweep_beats_random_init_on_every_trial(demo_sweep):
         assert set(t["evals"]) == {"linear", "knn"}
         assert t["train"]["epochs"] == 2 and t["train"]["images_per_s"] > 0
         linear, knn = t["evals"]["linear"]["metrics"], t["evals"]["knn"]["metrics"]
-        assert linear["top1"] > baseline["linear"]["metrics"]["top1"] + 0.02, (t, baseline)
-        assert knn["k200_top1"] > baseline["knn"]["metrics"]["k200_top1"] + 0.02, (t, baseline)
+        for split in ("val", "test"):
+            random_linear = baseline["linear"]["metrics"][f"{split}/top1"]
+            random_knn = baseline["knn"]["metrics"][f"{split}/k200_top1"]
+            assert linear[f"{split}/top1"] > random_linear + 0.02, (t, baseline)
+            assert knn[f"{split}/k200_top1"] > random_knn + 0.02, (t, baseline)
         record = t["evals"]["linear"]
         assert record["checkpoint"]["config"]["loss"]["lambd"] == t["params"]["loss.lambd"]
-        assert record["data"]["train_images"] == 1000 and record["data"]["test_images"] == 500
+        data = record["data"]
+        assert (data["train_images"], data["val_images"], data["test_images"]) == (1000, 500, 500)
     assert "random init" in out and "★" in out
 
 
@@ -139,7 +143,7 @@ def test_killed_sweep_resumes_only_unfinished_trials_and_nan_fails(tiny_data, tm
     # first step. The driver dies after two have finished.
     path = _sweep_file(tmp_path, tiny_data, "resume",
                        space={"loss.scale": [0.1, 1e38, 0.2]},
-                       settings={"test_images": 50}, concurrent=1,
+                       settings={"test_images": 50, "val_images": 50}, concurrent=1,
                        fixed={"epochs": 1, "data.subset": "null", "data.resolution": 16,
                               "batch_size": 64, "run.checkpoint_every": 1,
                               "probe.enabled": False},

@@ -78,6 +78,63 @@ def test_bad_sweep_files(tmp_path, data_dir, changes, message):
         load_sweep(path)
 
 
+def test_metrics_read_val(tmp_path, data_dir):
+    sweep = load_sweep(_write(tmp_path, data_dir, metric="knn/val/k200_top1",
+                              scheduler={"type": "asha"}))
+    assert sweep.metric == "knn/val/k200_top1" and sweep.describe()["metric"] == sweep.metric
+    assert sweep.scheduler["metric"] == "probe/val_top1"
+    demo = yaml.safe_load((REPO / "experiments" / "sweep_cifar10_demo.yaml").read_text())
+    assert demo["metric"] == "knn/val/k200_top1"
+
+
+@pytest.mark.parametrize("metric, says", [
+    ("knn/test/k200_top1", "reads the test split"),
+    ("knn/k200_top1", "names no split"),  # the old spelling, before records had splits
+])
+def test_metric_on_test_is_refused_with_the_val_spelling(tmp_path, data_dir, metric, says):
+    with pytest.raises(ConfigError) as err:
+        load_sweep(_write(tmp_path, data_dir, metric=metric))
+    message = str(err.value)
+    assert message.startswith(f"metric: {metric!r} {says}")
+    assert "selected on the validation split only, and test is for reporting" in message
+    assert message.endswith("write metric: knn/val/k200_top1")
+
+
+@pytest.mark.parametrize("metric, says", [
+    ("semi-1pct/val/top1", ("this sweep runs no evaluation 'semi-1pct' (evaluate.protocols: "
+                            "linear, knn); name one of: linear, knn")),
+    ("transfer-/val/top1", "this sweep runs no evaluation 'transfer-'"),
+    ("top1", "expected <eval>/val/<measure>"),
+])
+def test_metric_names_an_evaluation_of_the_sweep(tmp_path, data_dir, metric, says):
+    with pytest.raises(ConfigError, match=f"^metric: {metric!r}: {says}".replace("(", r"\(")
+                       .replace(")", r"\)")):
+        load_sweep(_write(tmp_path, data_dir, metric=metric,
+                          evaluate={"protocols": ["linear", "knn"]}))
+    transfer = load_sweep(_write(tmp_path, data_dir, metric="transfer-tiny/val/top1",
+                                 evaluate={"protocols": ["linear", "semi", "transfer"]}))
+    assert transfer.metric == "transfer-tiny/val/top1"
+
+
+def test_old_probe_scheduler_metric_says_it_was_renamed(tmp_path, data_dir):
+    with pytest.raises(ConfigError) as err:
+        load_sweep(_write(tmp_path, data_dir, scheduler={"type": "asha", "metric": "probe/top1"}))
+    message = str(err.value)
+    assert message.startswith("scheduler.metric: 'probe/top1' was renamed probe/val_top1")
+    assert "scored on the validation split" in message and "never reads the test set" in message
+    assert message.endswith("write metric: probe/val_top1")
+
+
+@pytest.mark.parametrize("metric", ["probe/test_top1", "knn/test/k200_top1"])
+def test_test_scheduler_metric_is_refused(tmp_path, data_dir, metric):
+    with pytest.raises(ConfigError) as err:
+        load_sweep(_write(tmp_path, data_dir, scheduler={"type": "asha", "metric": metric}))
+    message = str(err.value)
+    assert message.startswith(f"scheduler.metric: {metric!r} reads the test split")
+    assert "choices read the validation split only (test is for reporting)" in message
+    assert message.endswith("choose one of: probe/val_top1, loss/total")
+
+
 def test_uri_storage_works_locally_and_mirrors(tmp_path, data_dir, monkeypatch):
     monkeypatch.setenv("BT_SWEEP_CACHE", str(tmp_path / "cache"))
     sweep = load_sweep(_write(tmp_path, data_dir, storage_path=f"file://{tmp_path / 'bucket'}"))

@@ -271,15 +271,17 @@ def two_view_loader(path, *, batch_size: int, resolution: int,
 def labelled_loader(path, *, batch_size: int, resolution: int, device=None, num_workers: int = 2,
                     seed: int = 0, indices: Sequence[int] | None = None,
                     distributed: bool | None = None,
-                    crop_scale: tuple[float, float] = (0.08, 1.0)) -> LabelledLoader:
-    """Labelled training with random-resized crop + flip (linear probe, fine-tuning)."""
+                    crop_scale: tuple[float, float] = (0.08, 1.0),
+                    drop_last: bool = False) -> LabelledLoader:
+    """Labelled training with random-resized crop + flip (linear probe, fine-tuning): every
+    image every epoch, the last batch smaller (drop_last=False), unless drop_last."""
     spec = _LoaderSpec(Path(path), batch_size, resolution, _device(device), num_workers, seed, indices)
     if distributed is None:
         distributed = _world()[1] > 1
     decoder = RandomResizedCropRGBImageDecoder((resolution, resolution), scale=crop_scale)
     pipelines = {"image": spec.image_pipeline(decoder, 0.5), "label": spec.label_pipeline()}
     return LabelledLoader(spec.build(pipelines, order=OrderOption.RANDOM, distributed=distributed,
-                                     drop_last=True))
+                                     drop_last=drop_last))
 
 
 def eval_loader(path, *, batch_size: int, resolution: int, device=None, num_workers: int = 2,

@@ -3,8 +3,8 @@
 As the authors' evaluate.py with `--weights finetune`: the backbone in train mode (its
 BatchNorm statistics adapt), a Linear head (weights N(0, 0.01), bias 0), SGD with momentum,
 one learning rate for the backbone and another for the head, per-step cosine decay, crops +
-flips of exactly the images in the subset list `harness prep` wrote. Evaluated on the test
-split (centre crop).
+flips of exactly the images in the subset list `harness prep` wrote (drawn outside the
+validation list), every image every epoch. Evaluated on val and test (centre crop).
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from torch import nn
 
 from harness.data import labelled_loader
 from harness.evaluation.data import EvalData, indices_digest
-from harness.evaluation.features import extract_features, topk_correct
+from harness.evaluation.features import extract_features
+from harness.evaluation.linear import even_batch, split_metrics
 from harness.evaluation.settings import EvalSettings
 from harness.step import autocast_for
 
@@ -41,10 +42,11 @@ def finetune(backbone: nn.Module, feature_dim: int, data: EvalData, subset: str,
     head.bias.data.zero_()
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    batch = min(s.batch_size, len(indices))
-    loader = labelled_loader(data.train_path, batch_size=batch, resolution=data.resolution,
-                             device=device, num_workers=s.loader_workers, seed=s.seed,
-                             indices=indices, distributed=False)
+    batch = even_batch(len(indices), s.batch_size)
+    loader = labelled_loader(data.part("train").path, batch_size=batch,
+                             resolution=data.resolution, device=device,
+                             num_workers=s.loader_workers, seed=s.seed, indices=indices,
+                             distributed=False, drop_last=False)
     lrs = (s.semi_lr_backbone, s.semi_lr_head)
     optimizer = torch.optim.SGD([{"params": model.parameters(), "lr": lrs[0]},
                                  {"params": head.parameters(), "lr": lrs[1]}],
@@ -67,15 +69,19 @@ def finetune(backbone: nn.Module, feature_dim: int, data: EvalData, subset: str,
             if epoch == 0:
                 seen.update(labels.tolist())
             step += 1
-    test_f, test_y = extract_features(model, data.test_path, indices=data.test_indices,
-                                      resolution=data.resolution, batch_size=s.batch_size,
-                                      device=device, num_workers=s.loader_workers)
-    with torch.no_grad():
-        hits = topk_correct(head(test_f.to(device)).cpu(), test_y)
-    return ({"top1": hits[1] / len(test_y), "top5": hits[5] / len(test_y)},
+    scores = {}
+    for role in ("val", "test"):
+        part = data.part(role)
+        f, y = extract_features(model, part.path, indices=part.indices,
+                                resolution=data.resolution, batch_size=s.batch_size,
+                                device=device, num_workers=s.loader_workers)
+        with torch.no_grad():
+            scores[role] = (head(f.to(device)).cpu(), y)
+    return (split_metrics(scores),
             {"final_train_loss": loss.item(), "subset": subset,
              "subset_file": data.manifest["subsets"][subset]["file"],
              "train_images": len(indices), "train_indices_sha256": indices_digest(indices),
              "first_epoch_labels": {int(k): v for k, v in sorted(seen.items())},
+             "first_epoch_images": sum(seen.values()),
              "epochs": s.semi_epochs, "lr_backbone": lrs[0], "lr_head": lrs[1],
              "weight_decay": s.semi_weight_decay, "batch_size": batch, "steps": step})

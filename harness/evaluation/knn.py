@@ -32,13 +32,14 @@ def knn_votes(train_f: Tensor, train_y: Tensor, test_f: Tensor, *, k: int, tempe
     return torch.cat(out)
 
 
-def knn_metrics(train_f: Tensor, train_y: Tensor, test_f: Tensor, test_y: Tensor, *, ks,
-                temperature: float, num_classes: int) -> dict[str, float]:
+def knn_metrics(train: tuple[Tensor, Tensor], evaluated: dict[str, tuple[Tensor, Tensor]], *,
+                ks, temperature: float, num_classes: int) -> dict[str, float]:
+    """{"val/k20_top1", ..., "test/k200_top5"}: the bank is `train` (train minus val) only."""
     metrics = {}
-    for k in ks:
-        votes = knn_votes(train_f, train_y, test_f, k=k, temperature=temperature,
-                          num_classes=num_classes)
-        hits = topk_correct(votes, test_y)
-        metrics[f"k{k}_top1"] = hits[1] / len(test_y)
-        metrics[f"k{k}_top5"] = hits[5] / len(test_y)
+    for split, (f, y) in evaluated.items():
+        for k in ks:
+            votes = knn_votes(*train, f, k=k, temperature=temperature, num_classes=num_classes)
+            hits = topk_correct(votes, y)
+            metrics[f"{split}/k{k}_top1"] = hits[1] / len(y)
+            metrics[f"{split}/k{k}_top5"] = hits[5] / len(y)
     return metrics

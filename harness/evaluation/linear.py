@@ -4,18 +4,20 @@ fast: features are extracted once (centre crop), standardised with the training 
 mean and std, and a multinomial logistic regression with an L2 penalty on the weights (not the
 bias) is fitted to convergence by L-BFGS. It is a convex problem with one optimum, which
 scikit-learn's LogisticRegression(C = 1 / (n * l2)) reaches too (tests/test_eval.py). Without
-an `l2`, the penalty is chosen from 1e-6 .. 1e-1 on a held-out fifth of the training images.
+an `l2`, the penalty is chosen from 1e-6 .. 1e-1 by top-1 on the validation list (never test).
 
 paper: the authors' evaluate.py: the backbone frozen in eval mode, a Linear head
 (weights N(0, 0.01), bias 0) trained for `linear_epochs` with SGD (momentum, weight decay,
 per-step cosine) on random-resized crops + flips, evaluated on centre crops.
+
+Both fit on the train part only (train minus the validation list) and report top-1 / top-5 on
+val and on test ("val/top1", "test/top1", ...).
 """
 
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -25,7 +27,8 @@ from harness.evaluation.features import topk_correct
 from harness.evaluation.settings import EvalSettings
 from harness.step import autocast_for
 
-__all__ = ["fit_logistic", "linear_fast", "linear_paper", "L2_GRID"]
+__all__ = ["fit_logistic", "linear_fast", "linear_paper", "split_metrics", "even_batch",
+           "L2_GRID"]
 
 L2_GRID = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 
@@ -57,46 +60,62 @@ def fit_logistic(x: Tensor, y: Tensor, num_classes: int, l2: float,
     return weight.detach(), bias.detach()
 
 
-def _holdout_l2(x: Tensor, y: Tensor, num_classes: int, seed: int) -> float:
-    """The L2 penalty of L2_GRID with the best accuracy on a held-out fifth of (x, y)."""
-    order = np.random.default_rng([seed, 11]).permutation(len(y))
-    cut = len(y) // 5
-    if cut < num_classes:  # too few images to hold any out: the middle of the grid
-        return 1e-4
-    val, train = torch.as_tensor(order[:cut]), torch.as_tensor(order[cut:])
-    best, best_acc = L2_GRID[0], -1.0
-    for l2 in L2_GRID:
-        weight, bias = fit_logistic(x[train], y[train], num_classes, l2, max_iter=200)
-        acc = float(((x[val] @ weight + bias).argmax(1) == y[val]).float().mean())
-        if acc > best_acc:
-            best, best_acc = l2, acc
-    return best
+def split_metrics(scores: dict[str, tuple[Tensor, Tensor]]) -> dict[str, float]:
+    """{"val/top1", "val/top5", "test/top1", ...} from {split: (scores N x C, labels N)}."""
+    metrics = {}
+    for split, (logits, labels) in scores.items():
+        hits = topk_correct(logits, labels)
+        metrics[f"{split}/top1"] = hits[1] / len(labels)
+        metrics[f"{split}/top5"] = hits[5] / len(labels)
+    return metrics
 
 
-def linear_fast(train_f: Tensor, train_y: Tensor, test_f: Tensor, test_y: Tensor, *,
-                num_classes: int, l2: float | None, seed: int) -> tuple[dict, dict]:
-    """(metrics, settings actually used) of the cached-feature probe."""
-    train_x, test_x = _standardise(train_f.float(), test_f.float())
-    chosen = _holdout_l2(train_x, train_y, num_classes, seed) if l2 is None else l2
-    weight, bias = fit_logistic(train_x, train_y, num_classes, chosen)
-    hits = topk_correct(test_x @ weight + bias, test_y)
-    train_acc = float(((train_x @ weight + bias).argmax(1) == train_y).float().mean())
-    return ({"top1": hits[1] / len(test_y), "top5": hits[5] / len(test_y)},
-            {"l2": chosen, "l2_chosen_on_holdout": l2 is None, "train_top1": train_acc})
+def even_batch(images: int, batch_size: int) -> int:
+    """The batch that covers `images` in as few batches as `batch_size` allows, all of about one
+    size: every image is seen each epoch, and no last batch of one breaks BatchNorm (500 images
+    at 256: two batches of 250, not 256 + 244)."""
+    return math.ceil(images / math.ceil(images / batch_size))
 
 
-def linear_paper(backbone: nn.Module, feature_dim: int, data, test_f: Tensor, test_y: Tensor, *,
+def _top1(x: Tensor, y: Tensor, weight: Tensor, bias: Tensor) -> float:
+    return float(((x @ weight + bias).argmax(1) == y).float().mean())
+
+
+def linear_fast(train: tuple[Tensor, Tensor], val: tuple[Tensor, Tensor],
+                test: tuple[Tensor, Tensor], *, num_classes: int,
+                l2: float | None) -> tuple[dict, dict]:
+    """(metrics, settings actually used) of the cached-feature probe: fitted on `train`, its
+    L2 penalty (unless given) chosen by top-1 on `val`, reported on val and test."""
+    (train_f, train_y), (val_f, val_y), (test_f, test_y) = train, val, test
+    train_x, val_x, test_x = _standardise(train_f.float(), val_f.float(), test_f.float())
+    val_top1 = None
+    if l2 is None:
+        # Shorter fits to rank the penalties (the first on a tie), then the chosen one converged.
+        val_top1 = {p: _top1(val_x, val_y, *fit_logistic(train_x, train_y, num_classes, p,
+                                                          max_iter=200)) for p in L2_GRID}
+        l2 = max(L2_GRID, key=lambda p: (val_top1[p], -L2_GRID.index(p)))
+    weight, bias = fit_logistic(train_x, train_y, num_classes, l2)
+    metrics = split_metrics({"val": (val_x @ weight + bias, val_y),
+                             "test": (test_x @ weight + bias, test_y)})
+    return metrics, {"l2": l2, "l2_chosen_on": "val" if val_top1 else "given",
+                     "l2_val_top1": val_top1 and {str(p): a for p, a in val_top1.items()},
+                     "train_top1": _top1(train_x, train_y, weight, bias)}
+
+
+def linear_paper(backbone: nn.Module, feature_dim: int, data, evaluated: dict, *,
                  settings: EvalSettings, device: torch.device) -> tuple[dict, dict]:
-    """Train a linear head on augmented crops through the frozen backbone; test on test_f."""
+    """Train a linear head on augmented crops of the train part through the frozen backbone;
+    `evaluated` = {"val": (features, labels), "test": (...)}: centre-crop features to score."""
     s = settings
     torch.manual_seed(s.seed)
     head = nn.Linear(feature_dim, data.num_classes).to(device)
     head.weight.data.normal_(mean=0.0, std=0.01)
     head.bias.data.zero_()
-    batch = min(s.batch_size, data.count("train"))
-    loader = labelled_loader(data.train_path, batch_size=batch, resolution=data.resolution,
+    train = data.part("train")
+    batch = even_batch(len(train), s.batch_size)
+    loader = labelled_loader(train.path, batch_size=batch, resolution=data.resolution,
                              device=device, num_workers=s.loader_workers, seed=s.seed,
-                             indices=data.train_indices, distributed=False)
+                             indices=train.indices, distributed=False)
     optimizer = torch.optim.SGD(head.parameters(), lr=s.linear_lr, momentum=s.linear_momentum,
                                 weight_decay=s.linear_weight_decay)
     total = s.linear_epochs * len(loader)
@@ -114,8 +133,9 @@ def linear_paper(backbone: nn.Module, feature_dim: int, data, test_f: Tensor, te
             optimizer.step()
             step += 1
     with torch.no_grad():
-        hits = topk_correct(head(test_f.to(device)).cpu(), test_y)
-    return ({"top1": hits[1] / len(test_y), "top5": hits[5] / len(test_y)},
+        metrics = split_metrics({split: (head(f.to(device)).cpu(), y)
+                                 for split, (f, y) in evaluated.items()})
+    return (metrics,
             {"final_train_loss": loss.item(), "epochs": s.linear_epochs, "lr": s.linear_lr,
              "momentum": s.linear_momentum,
              "weight_decay": s.linear_weight_decay, "batch_size": batch, "steps": step,

@@ -9,8 +9,12 @@ of a data set are extracted once and shared by the fast linear probe and the kNN
 `with_baseline=True` runs the same protocols on a randomly initialised backbone of the same
 architecture too: its records (init "random") are the reference every report shows.
 
+Every fit reads the train part (train minus the validation list), every choice the val part,
+and every protocol reports both val and test (harness.evaluation.data).
+
 A record (JSON) holds: name (linear, knn, semi-1pct, semi-10pct, transfer-<data set>),
-protocol, mode, dataset, primary (the headline metric), metrics, init, checkpoint (path, arch,
+protocol, mode, dataset, primary (the headline measure, "top1" or "k200_top1"), metrics
+("val/top1", "test/top1", ...), init, checkpoint (path, arch,
 epoch, step, training config), data (folder, fingerprint, image counts, resolution), settings
 (every evaluation setting and what the protocol chose), seed, wall_time_s, and provenance
 (time, git revision, library versions, hardware).
@@ -111,38 +115,38 @@ def _record(name: str, protocol: str, mode: str | None, primary: str, metrics: d
 
 
 class _Features:
-    """Train/test features of one data set under one backbone, extracted on first use."""
+    """Features of one data set's train / val / test parts under one backbone, extracted on
+    first use."""
 
     def __init__(self, backbone: Backbone, data: EvalData, settings: EvalSettings, device):
         self.backbone, self.data, self.settings, self.device = backbone, data, settings, device
         self._cache: dict[str, tuple] = {}
-        self.seconds = 0.0
 
-    def get(self, split: str):
-        if split not in self._cache:
-            start = time.perf_counter()
-            d, s = self.data, self.settings
-            path, indices = ((d.train_path, d.train_indices) if split == "train"
-                             else (d.test_path, d.test_indices))
-            self._cache[split] = extract_features(
-                self.backbone.module, path, indices=indices, resolution=d.resolution,
-                batch_size=s.batch_size, device=self.device, num_workers=s.loader_workers)
-            self.seconds += time.perf_counter() - start
-        return self._cache[split]
+    def get(self, role: str):
+        if role not in self._cache:
+            part, s = self.data.part(role), self.settings
+            self._cache[role] = extract_features(
+                self.backbone.module, part.path, indices=part.indices,
+                resolution=self.data.resolution, batch_size=s.batch_size, device=self.device,
+                num_workers=s.loader_workers)
+        return self._cache[role]
+
+    def evaluated(self) -> dict:
+        """{"val": (features, labels), "test": (...)}: what every protocol reports on."""
+        return {role: self.get(role) for role in ("val", "test")}
 
 
 def _linear(name: str, protocol: str, backbone: Backbone, features: _Features,
             settings: EvalSettings, device) -> dict:
     data = features.data
     start = time.perf_counter()
-    test_f, test_y = features.get("test")
     if settings.linear_mode == "fast":
-        train_f, train_y = features.get("train")
-        metrics, used = linear_fast(train_f, train_y, test_f, test_y, num_classes=data.num_classes,
-                                    l2=settings.linear_l2, seed=settings.seed)
+        metrics, used = linear_fast(features.get("train"), features.get("val"),
+                                    features.get("test"), num_classes=data.num_classes,
+                                    l2=settings.linear_l2)
     else:
-        metrics, used = linear_paper(backbone.module, backbone.feature_dim, data, test_f, test_y,
-                                     settings=settings, device=device)
+        metrics, used = linear_paper(backbone.module, backbone.feature_dim, data,
+                                     features.evaluated(), settings=settings, device=device)
     # Features shared with another protocol are charged to the first that extracted them.
     return _record(name, protocol, settings.linear_mode, "top1", metrics, used, backbone, data,
                    settings, time.perf_counter() - start)
@@ -161,9 +165,7 @@ def _run(backbone: Backbone, p: EvalPlan, device, log) -> list[dict]:
             log(records[-1])
         if "knn" in p.protocols:
             start = time.perf_counter()
-            train_f, train_y = features.get("train")
-            test_f, test_y = features.get("test")
-            metrics = knn_metrics(train_f, train_y, test_f, test_y, ks=s.knn_ks(),
+            metrics = knn_metrics(features.get("train"), features.evaluated(), ks=s.knn_ks(),
                                   temperature=s.knn_temperature, num_classes=p.data.num_classes)
             primary = f"k{max(s.knn_ks())}_top1"
             records.append(_record("knn", "knn", None, primary, metrics,

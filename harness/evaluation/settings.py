@@ -43,11 +43,12 @@ class EvalSettings(_Section):
     # Images are resized to the resolution the backbone was trained at, unless set here.
     resolution: int | None = None
     batch_size: int = 256
-    # A seeded, class-balanced sample of each split instead of all of it (a CPU cannot afford
-    # 50,000 forward passes per sweep trial). null: the whole split.
+    # A seeded, class-balanced sample of each part instead of all of it (a CPU cannot afford
+    # 50,000 forward passes per sweep trial). null: all of it. train: the train split minus its
+    # validation list; val: that list (what chooses reads it); test: test_split (reported only).
     train_images: int | None = None
+    val_images: int | None = None
     test_images: int | None = None
-    train_split: str = "train"
     test_split: str = "test"
     seed: int = 0
     loader_workers: int = 2
@@ -55,7 +56,7 @@ class EvalSettings(_Section):
     knn_temperature: float = 0.07
     linear_mode: str = "fast"
     # fast mode: L2 penalty of the logistic regression on standardised features; null picks
-    # it from 1e-6 .. 1e-1 on a held-out fifth of the training features.
+    # it from 1e-6 .. 1e-1 by accuracy on the validation list.
     linear_l2: float | None = None
     # paper mode: the authors' evaluate.py.
     linear_epochs: int = 100
@@ -74,7 +75,7 @@ class EvalSettings(_Section):
                   "linear_lr", "semi_epochs", "semi_lr_head")
         if self.resolution is not None and not 8 <= self.resolution <= 1024:
             _fail(self._key("resolution"), f"must lie in [8, 1024] pixels, got {self.resolution}")
-        for key in ("train_images", "test_images"):
+        for key in ("train_images", "val_images", "test_images"):
             value = getattr(self, key)
             if value is not None and value < 2:
                 _fail(self._key(key), "must be >= 2, or null for the whole split")
