@@ -3,7 +3,7 @@
 Both modes evaluate the same checkpoint on the same training and test images (a seeded,
 class-balanced sample when --train-images / --test-images are given), side by side in one run:
   - fast: centre-crop features extracted once, L2-regularised logistic regression by L-BFGS
-    (the penalty chosen on a held-out fifth of the training features);
+    (the penalty chosen by top-1 on the validation list; test top-1 reported);
   - paper: the authors' evaluate.py: frozen backbone, a linear head trained with SGD (lr 0.3,
     momentum 0.9, weight decay 1e-6, cosine) on random-resized crops + flips for --paper-epochs
     epochs (the paper: 100), the backbone run on every augmented batch.

@@ -44,14 +44,15 @@ from torch.utils.data import DataLoader  # noqa: E402
 from torchvision.datasets import ImageFolder  # noqa: E402
 
 from data_prep import prepare  # noqa: E402
-from harness.data import CIFAR_VIEWS, IMAGENET_VIEWS, ViewAugment, two_view_loader  # noqa: E402
-from harness.data.augment import MEAN, STD, blur_kernel_size  # noqa: E402
+from harness.data import (CIFAR_VIEWS, IMAGENET_VIEWS, Normalization, ViewAugment,  # noqa: E402
+                          dataset_normalization, two_view_loader)
+from harness.data.augment import blur_kernel_size  # noqa: E402
 from harness.data.ffcv_augment import NO_OP, augment_batch  # noqa: E402
 
 LOADERS = ("torchvision", "ffcv_numba", "ffcv_torch", "ffcv_decode")
 
 
-def torchvision_view(view: ViewAugment, resolution: int) -> T.Compose:
+def torchvision_view(view: ViewAugment, resolution: int, stats: Normalization) -> T.Compose:
     ops = [T.RandomResizedCrop(resolution, scale=view.crop_scale, ratio=view.crop_ratio,
                                antialias=True),
            T.RandomHorizontalFlip(view.flip_p),
@@ -63,12 +64,12 @@ def torchvision_view(view: ViewAugment, resolution: int) -> T.Compose:
                                  p=view.blur_p))
     if view.solarize_p > 0:
         ops.append(T.RandomSolarize(128, p=view.solarize_p))
-    return T.Compose(ops + [T.ToTensor(), T.Normalize(MEAN, STD)])
+    return T.Compose(ops + [T.ToTensor(), T.Normalize(stats.mean, stats.std)])
 
 
 class TwoViews:
-    def __init__(self, views, resolution):
-        self.a, self.b = (torchvision_view(v, resolution) for v in views)
+    def __init__(self, views, resolution, stats: Normalization):
+        self.a, self.b = (torchvision_view(v, resolution, stats) for v in views)
 
     def __call__(self, image):
         return self.a(image), self.b(image)
@@ -127,7 +128,9 @@ def bench_dataset(name, folder: Path, resolution, views, write_mode, args, work:
                                      device="cpu", photometric=path)
         timed_pass(lambda: iter(ffcv[path]), 1)
         first_batch_s[path] = time.perf_counter() - start
-    tv = DataLoader(ImageFolder(str(folder / "train"), transform=TwoViews(views, resolution)),
+    # Normalised as the FFCV loaders are: with the data set's own statistics.
+    two_views = TwoViews(views, resolution, dataset_normalization(beton_dir / "train.beton"))
+    tv = DataLoader(ImageFolder(str(folder / "train"), transform=two_views),
                     batch_size=args.batch, shuffle=True, num_workers=args.workers, drop_last=True)
     make_iter = {"torchvision": lambda: torchvision_pairs(tv),
                  "ffcv_numba": lambda: iter(ffcv["ffcv"]),

@@ -1,9 +1,11 @@
 """Turn image folders, archives of them and public data sets into FFCV files.
 
 `prepare(source, out)` writes `out/<split>.beton` (fields: image, label), a validation list
-carved from train, the 1% and 10% label subsets of the rest of train and `out/manifest.json`
-(data_prep.holdout says which images each role reads); `read_manifest(out)` reads a finished
-preparation back. Every bad input raises `PrepError` with a message that says what to do.
+carved from train, the 1% and 10% label subsets of the rest of train (or subsets imported from
+published lists, data_prep.subset_lists) and `out/manifest.json`, which also holds the channel
+mean and std every loader normalises with (data_prep.holdout says which images each role
+reads); `read_manifest(out)` reads a finished preparation back. Every bad input raises
+`PrepError` with a message that says what to do.
 """
 
 import torch

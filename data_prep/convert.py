@@ -1,9 +1,11 @@
 """`prepare`: one source in; FFCV .beton files, label-subset lists and a manifest out.
 
-The work runs in the order data flows: check the options, open the source, stop early if `out`
-already holds this exact preparation, check the layout, decode-check every image, derive the
-splits and subsets, write everything into `out/.partial-<pid>`, then commit (manifest.commit).
-Every bad input fails with a PrepError before the expensive steps.
+The work runs in the order data flows: check the options and any imported subset lists, open
+the source, stop early if `out` already holds this exact preparation, check the layout,
+decode-check every image (measuring its pixels on the way), derive the splits, place the
+imported lists' images, carve the validation list outside them, compute the normalisation
+statistics of what fitting reads, write everything into `out/.partial-<pid>`, then commit
+(manifest.commit). Every bad input fails with a PrepError before the expensive steps.
 """
 
 import logging
@@ -14,7 +16,7 @@ import warnings
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 from ffcv.fields import RGBImageField
@@ -26,6 +28,7 @@ from harness.provenance import library_versions
 
 from .manifest import FORMAT_VERSION, commit, current_manifest, fingerprint_of, sha256_file
 from .sources import SPLITS, open_source
+from .subset_lists import SubsetList, read_lists, resolve, train_lookup
 from .subsets import (SUBSET_FRACTIONS, VAL_FRACTION, VAL_MAX_PER_CLASS, label_subset,
                       stratified_split, validation_list)
 
@@ -53,6 +56,9 @@ class PrepOptions:
     test_fraction: float = 0.5
     val_fraction: float = VAL_FRACTION           # of each class of train, carved as validation
     val_max_per_class: int = VAL_MAX_PER_CLASS
+    # (name, sha256 of the file) of each imported subset list: its contents, not its path,
+    # shape the outputs, so an edited list re-prepares and a moved one does not.
+    subset_lists: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self):
         if self.write_mode not in WRITE_MODES:
@@ -87,7 +93,8 @@ class PrepOptions:
         return SMART_THRESHOLD if self.write_mode == "smart" else None
 
     def recorded(self) -> dict:
-        return {**asdict(self), "smart_threshold": self.smart_threshold}
+        return {**asdict(self), "subset_lists": dict(self.subset_lists),
+                "smart_threshold": self.smart_threshold}
 
     def image_field(self) -> RGBImageField:
         return RGBImageField(write_mode=self.write_mode, max_resolution=self.max_resolution,
@@ -99,21 +106,29 @@ def prepare(source: str | Sequence[str], out: Path, *, max_resolution: int | Non
             strict: bool = False, split_from: str | None = None, test_fraction: float = 0.5,
             seed: int = 0, download_root: Path | None = None, progress: bool = True,
             force: bool = False, val_fraction: float = VAL_FRACTION,
-            val_max_per_class: int = VAL_MAX_PER_CLASS) -> dict:
+            val_max_per_class: int = VAL_MAX_PER_CLASS,
+            subset_lists: Mapping[str, str | Path] | None = None) -> dict:
     """Write `out/<split>.beton` for every split of `source`, label subsets and a manifest.
 
     source: an image folder (<root>/<split>/<class>/<image>), a .tar/.tar.gz/.tgz of one, or
-    cifar10 / cifar100 / stl10, or a list of those holding different splits (merged) (downloaded through torchvision into download_root). Unreadable
-    images are skipped and listed (strict=True: an error). split_from='val' splits that one
-    labelled split into train/test, test_fraction per class. A validation list (val.txt) is
-    carved from train, val_fraction of each class and at most val_max_per_class images, unless
-    the source ships a val split beside train and test, which is then the validation split.
-    Returns the manifest; returns the
-    existing one without rewriting when `out` already holds the same preparation (unless force).
+    cifar10 / cifar100 / stl10 (downloaded through torchvision into download_root), or a list
+    of those holding different splits (merged). Unreadable images are skipped and listed
+    (strict=True: an error). split_from='val' splits that one labelled split into train/test,
+    test_fraction per class. A validation list (val.txt) is carved from train, val_fraction of
+    each class and at most val_max_per_class images, unless the source ships a val split
+    beside train and test, which is then the validation split.
+    subset_lists {name: file} imports published label subsets of train (data_prep.subset_lists):
+    each replaces the seeded subset of its name (1pct, 10pct) or adds one, and val.txt is carved
+    outside all of them. manifest["normalization"] holds the channel mean and std of the images
+    fitting reads (train minus val.txt), which every loader normalises with.
+    Returns the manifest; returns the existing one without rewriting when `out` already holds
+    the same preparation (unless force).
     """
     started = time.monotonic()
+    lists = read_lists(subset_lists)
     options = PrepOptions(write_mode, jpeg_quality, max_resolution, seed, split_from, test_fraction,
-                          val_fraction, val_max_per_class)
+                          val_fraction, val_max_per_class,
+                          tuple(sorted((name, lst.sha256) for name, lst in lists.items())))
     workers = (os.cpu_count() or 1) if num_workers is None else num_workers
     if not _is_int(workers) or workers < 1:
         raise PrepError(f"num_workers must be a positive integer or None (all cores), "
@@ -137,16 +152,19 @@ def prepare(source: str | Sequence[str], out: Path, *, max_resolution: int | Non
                       f"({', '.join(sorted(images.IMAGE_EXTENSIONS))}) or not inside a "
                       f"<split>/<class>/ folder, e.g. {', '.join(listing.ignored[:5])}",
                       stacklevel=2)
-    checked, skipped = _check_images(listing, workers, strict, progress)
+    checked, skipped = _check_images(listing, workers, strict, progress, options.max_resolution)
     splits = _derive_splits(checked, listing.classes, options)
+    imported = _import_subsets(lists, splits)
     label_of = {c: i for i, c in enumerate(listing.classes)}
     n_classes = len(listing.classes)
-    # Carved before anything is written, so a class too small for it fails early.
+    # Carved before anything is written, so a class too small for it fails early; outside the
+    # imported subsets, which a published list fixes and validation must not overlap.
     carved = None
     if "train" in splits and not _ships_validation(splits):
         train_labels = np.array([label_of[item.cls] for item, _ in splits["train"][0]])
+        held = np.concatenate([ix for _, ix in imported.values()]) if imported else None
         carved = validation_list(train_labels, listing.classes, options.val_fraction,
-                                 options.val_max_per_class, options.seed)
+                                 options.val_max_per_class, options.seed, exclude=held)
 
     out.mkdir(parents=True, exist_ok=True)
     _remove_abandoned_staging(out)
@@ -157,7 +175,8 @@ def prepare(source: str | Sequence[str], out: Path, *, max_resolution: int | Non
         for split, (pairs, from_split) in splits.items():
             items = [item for item, _ in pairs]
             labels = np.array([label_of[item.cls] for item in items], dtype=np.int64)
-            sizes = [images.stored_size(h, w, options.max_resolution) for _, (h, w) in pairs]
+            sizes = [images.stored_size(m.height, m.width, options.max_resolution)
+                     for _, m in pairs]
             beton = staged / f"{split}.beton"
             write_beton(beton, items, labels.tolist(), sizes, options.image_field(), workers,
                         progress)
@@ -171,7 +190,9 @@ def prepare(source: str | Sequence[str], out: Path, *, max_resolution: int | Non
             "splits": split_entries,
             "validation": _validation_entry(staged, carved, split_entries, train_labels,
                                             n_classes, options),
-            "subsets": _write_subsets(staged, train_labels, n_classes, options.seed, carved),
+            "subsets": _write_subsets(staged, train_labels, n_classes, options.seed, carved,
+                                      imported),
+            "normalization": _normalization_entry(splits, carved),
             "source": described,
             "options": options.recorded(),
             "skipped": skipped,
@@ -207,10 +228,12 @@ def _check_strict(skipped: list[dict], strict: bool):
                         "or delete them, or run without strict (--strict) to skip them")
 
 
-def _check_images(listing, workers: int, strict: bool, progress: bool):
-    """Decode every image once; keep (item, (height, width)) pairs, list the unreadable ones."""
+def _check_images(listing, workers: int, strict: bool, progress: bool,
+                  max_resolution: int | None):
+    """Decode every image once; keep (item, images.Inspected) pairs, list the unreadable ones."""
     items = [item for split_items in listing.splits.values() for item in split_items]
-    results = images.inspect_all([item.data for item in items], workers, progress)
+    results = images.inspect_all([item.data for item in items], workers, progress,
+                                 max_resolution)
     kept = {split: [] for split in listing.splits}
     skipped = []
     for item, result in zip(items, results):
@@ -231,7 +254,7 @@ def _check_images(listing, workers: int, strict: bool, progress: bool):
 
 
 def _derive_splits(kept: dict, classes: list[str], options: PrepOptions) -> dict:
-    """Output split -> (its (item, size) pairs, the source split they come from)."""
+    """Output split -> (its (item, Inspected) pairs, the source split they come from)."""
     derived = {split: (pairs, split) for split, pairs in kept.items()
                if split != options.split_from}
     if options.split_from is not None:
@@ -287,18 +310,64 @@ def _validation_entry(staged: Path, carved: np.ndarray | None, split_entries: di
     return None
 
 
+def _import_subsets(lists: dict[str, SubsetList],
+                    splits: dict) -> dict[str, tuple[SubsetList, np.ndarray]]:
+    """Subset name -> (its list, ascending indices into train.beton), every name placed."""
+    if not lists:
+        return {}
+    if "train" not in splits:
+        raise PrepError(f"subset lists ({', '.join(lists)}) name train images, but the source "
+                        f"has no train split (it has {', '.join(splits)}): drop them, or make "
+                        "one with split_from (--split-from)")
+    lookup = train_lookup([item for item, _ in splits["train"][0]])
+    return {name: (listed, resolve(listed, lookup)) for name, listed in lists.items()}
+
+
 def _write_subsets(staged: Path, train_labels: np.ndarray | None, n_classes: int,
-                   seed: int, val: np.ndarray | None) -> dict:
-    """subset_<name>.txt: ascending indices into train.beton outside val (none without train)."""
+                   seed: int, val: np.ndarray | None,
+                   imported: dict[str, tuple[SubsetList, np.ndarray]]) -> dict:
+    """subset_<name>.txt: ascending indices into train.beton, the seeded ones drawn outside
+    val, the imported ones as listed (val was carved outside them); none without train."""
     if train_labels is None:
         log.info("no train split: no label subsets written")
         return {}
     subsets = {}
-    for name, fraction in SUBSET_FRACTIONS.items():
-        indices = label_subset(train_labels, n_classes, fraction, seed, exclude=val)
-        entry = _write_index_list(staged / f"subset_{name}.txt", indices, train_labels, n_classes)
-        subsets[name] = {**entry, "fraction": fraction}
+    for name in [*SUBSET_FRACTIONS, *(n for n in imported if n not in SUBSET_FRACTIONS)]:
+        file = staged / f"subset_{name}.txt"
+        if name in imported:
+            listed, indices = imported[name]
+            entry = _write_index_list(file, indices, train_labels, n_classes)
+            # entry's sha256 is of subset_<name>.txt (checked on reading); this one of the list.
+            subsets[name] = {**entry, "imported_from": str(listed.path),
+                             "imported_sha256": listed.sha256}
+        else:
+            fraction = SUBSET_FRACTIONS[name]
+            indices = label_subset(train_labels, n_classes, fraction, seed, exclude=val)
+            subsets[name] = {**_write_index_list(file, indices, train_labels, n_classes),
+                             "fraction": fraction}
     return subsets
+
+
+def _normalization_entry(splits: dict, carved: np.ndarray | None) -> dict:
+    """The manifest's `normalization`: per-channel mean and std, RGB in [0, 1], of the images
+    fitting reads, at their stored size (measured by the check's decode pass).
+
+    Those are train minus val.txt, or all of train where val is the source's own split. A
+    source without a train split has nothing to fit on; it gets the statistics of all its
+    images, so every manifest has some and no loader needs a fallback.
+    """
+    if "train" in splits:
+        measured = [m for _, m in splits["train"][0]]
+        if carved is not None:
+            held_out = set(carved.tolist())
+            measured = [m for i, m in enumerate(measured) if i not in held_out]
+        of = "train minus val.txt" if carved is not None else "train"
+    else:
+        measured = [m for pairs, _ in splits.values() for _, m in pairs]
+        of = "all splits (no train split)"
+    mean, std = images.channel_stats(measured)
+    return {"mean": mean, "std": std, "of": of, "images": len(measured),
+            "pixels": sum(m.pixels for m in measured), "size": "stored (after max_resolution)"}
 
 
 def _remove_abandoned_staging(out: Path):

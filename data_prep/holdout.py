@@ -62,7 +62,8 @@ def fit_part(out: Path, manifest: dict, *, include_validation: bool = False) -> 
 
 
 def subset_part(out: Path, manifest: dict, name: str) -> Part:
-    """A label subset (1pct, 10pct) of train, drawn outside the validation list."""
+    """A label subset of train (1pct, 10pct, or one imported from a published list), outside
+    the validation list."""
     subsets = manifest.get("subsets", {})
     if name not in subsets:
         raise PrepError(f"{out} has no label subset {name!r} (it has {sorted(subsets) or 'none'}): "

@@ -14,10 +14,12 @@ import numpy as np
 from .errors import PrepError
 
 # 2: the validation list (`validation`, val.txt) and label subsets drawn outside it.
-FORMAT_VERSION = 2
+# 3: `normalization` (channel mean / std of train minus val, which the loaders use) and
+#    subsets imported from published lists (`imported_from`), val.txt carved outside them.
+FORMAT_VERSION = 3
 MANIFEST = "manifest.json"
 _REQUIRED = ("format_version", "fingerprint", "classes", "splits", "validation", "subsets",
-             "source", "options")
+             "normalization", "source", "options")
 
 
 def sha256_file(path: Path) -> str:
@@ -64,12 +66,13 @@ def read_manifest(out: Path) -> dict:
         manifest = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise PrepError(f"{path} is unreadable ({exc}): {redo} --force") from exc
+    # The version first: an older manifest lacks the newer keys, and that is why.
+    if manifest.get("format_version", FORMAT_VERSION) != FORMAT_VERSION:
+        raise PrepError(f"{path} has format_version {manifest['format_version']}, this code reads "
+                        f"{FORMAT_VERSION}: {redo} --force")
     missing = [k for k in _REQUIRED if k not in manifest]
     if missing:
         raise PrepError(f"{path} is incomplete (no {', '.join(missing)}): {redo} --force")
-    if manifest["format_version"] != FORMAT_VERSION:
-        raise PrepError(f"{path} has format_version {manifest['format_version']}, this code reads "
-                        f"{FORMAT_VERSION}: {redo} --force")
     try:
         files = output_files(manifest)
     except (KeyError, TypeError, AttributeError) as exc:

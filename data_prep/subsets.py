@@ -10,6 +10,10 @@ default): everything that chooses (the online probe's ASHA signal, the best tria
 reads it, and nothing trains on it by default. The label subsets are then drawn from the rest
 of train, the first k of one permutation per class, so the 1% subset lies inside the 10% one;
 their sizes are fractions of the whole class, as the paper's 1% of ImageNet is.
+
+A subset imported from a published list (data_prep.subset_lists) replaces the seeded one of its
+name; the validation list is then carved from the images outside every imported list, so the
+two never overlap, and the seeded subsets left are drawn outside validation as before.
 """
 
 import numpy as np
@@ -56,8 +60,13 @@ def validation_size(n: int, fraction: float, max_per_class: int) -> int:
 
 
 def validation_list(labels: np.ndarray, classes: list[str], fraction: float, max_per_class: int,
-                    seed: int) -> np.ndarray:
-    """Ascending indices (into the train split's `labels`) of the validation images."""
+                    seed: int, exclude: np.ndarray | None = None) -> np.ndarray:
+    """Ascending indices (into the train split's `labels`) of the validation images, none of
+    them in `exclude` (imported subsets). A class's share is of all its images; without
+    `exclude` the draw is the same as ever."""
+    excluded = np.zeros(len(labels), dtype=bool)
+    if exclude is not None:
+        excluded[exclude] = True
     picks = []
     for label, idx in enumerate(_indices_by_class(labels, len(classes))):
         n_val = validation_size(len(idx), fraction, max_per_class)
@@ -65,8 +74,15 @@ def validation_list(labels: np.ndarray, classes: list[str], fraction: float, max
             raise PrepError(f"class {classes[label]} has {len(idx)} training image(s): carving "
                             f"{n_val} for validation leaves none to train on; add images, or "
                             "ship a val split beside train and test")
-        order = _class_permutation(seed, _VAL, label, len(idx))
-        picks.append(idx[order[:n_val]])
+        pool = idx[~excluded[idx]]
+        if n_val > len(pool):
+            raise PrepError(f"class {classes[label]}: the imported subset list(s) hold "
+                            f"{len(idx) - len(pool)} of its {len(idx)} training images, leaving "
+                            f"{len(pool)} outside them for its {n_val} validation images; pass a "
+                            "smaller val_fraction (--val-fraction) or val_max_per_class, or "
+                            "import a smaller list")
+        order = _class_permutation(seed, _VAL, label, len(pool))
+        picks.append(pool[order[:n_val]])
     return np.sort(np.concatenate(picks))
 
 

@@ -18,6 +18,7 @@ def _prep(args: argparse.Namespace) -> int:
                        num_workers=args.workers, strict=args.strict, split_from=args.split_from,
                        test_fraction=args.test_fraction, seed=args.seed, force=args.force,
                        val_fraction=args.val_fraction, val_max_per_class=args.val_max_per_class,
+                       subset_lists=_subset_lists(args.subset_list),
                        download_root=Path(args.download_root) if args.download_root else None)
     for split, info in manifest["splits"].items():
         print(f"{split:>6}: {info['count']:>8} images -> {Path(args.out) / info['file']}")
@@ -27,11 +28,35 @@ def _prep(args: argparse.Namespace) -> int:
                  else f"the source's own {val['split']} split")
         print(f"   val: {val['count']:>8} images ({where}; selection reads these, test is "
               "reported only)")
+    for name, entry in manifest["subsets"].items():
+        origin = entry.get("imported_from") or f"seeded, {entry['fraction']:.0%} per class"
+        print(f"{name:>6}: {entry['count']:>8} images ({origin})")
+    norm = manifest["normalization"]
+    print(f"normalisation: mean {_three(norm['mean'])}, std {_three(norm['std'])} "
+          f"(of {norm['of']}, {norm['images']} images)")
     skipped = manifest.get("skipped", [])
     if skipped:
         print(f"skipped {len(skipped)} unreadable images (listed in manifest.json)")
     print(f"classes: {len(manifest['classes'])}; manifest: {Path(args.out) / 'manifest.json'}")
     return 0
+
+
+def _subset_lists(pairs: list[str] | None) -> dict[str, str]:
+    """--subset-list NAME=FILE, repeated, as {NAME: FILE}; prepare checks the names and files."""
+    lists = {}
+    for pair in pairs or []:
+        name, sep, file = pair.partition("=")
+        if not sep or not name or not file:
+            raise ValueError(f"--subset-list {pair!r}: write NAME=FILE, e.g. "
+                             "--subset-list 1pct=imagenet_1percent.txt")
+        if name in lists:
+            raise ValueError(f"--subset-list names {name} twice: give each subset one file")
+        lists[name] = file
+    return lists
+
+
+def _three(values: list[float]) -> str:
+    return "(" + ", ".join(f"{v:.4f}" for v in values) + ")"
 
 
 def _views(args: argparse.Namespace) -> int:
@@ -83,6 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-max-per-class", type=int, default=100,
                    help="at most this many validation images per class")
     p.add_argument("--seed", type=int, default=0, help="seed of label subsets and splits")
+    p.add_argument("--subset-list", action="append", metavar="NAME=FILE",
+                   help="import a published label subset (e.g. SimCLR's ImageNet 1%%: "
+                        "1pct=1percent.txt): FILE names train images one per line, as a bare "
+                        "file name, <class>/<file> or train/<class>/<file>; it replaces the "
+                        "seeded subset NAME (or adds one) and val.txt is carved outside it; "
+                        "repeatable")
     p.add_argument("--download-root", default=None, help="where torchvision data sets are cached")
     p.add_argument("--force", action="store_true", help="rewrite even if up to date")
     p.set_defaults(func=_prep)

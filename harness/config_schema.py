@@ -221,11 +221,12 @@ class OptimizerConfig(_Section):
 
 @dataclass(frozen=True)
 class ProbeConfig(_Section):
-    """The online linear probe: SGD on detached features, as solo-learn's online classifier."""
+    """The online linear probe: SGD on detached features, as solo-learn's online classifier,
+    but on unit features (harness.probe): lr moves the logits, whatever the feature scale."""
 
     SECTION: ClassVar[str] = "probe"
     enabled: bool = True
-    lr: float = 0.1
+    lr: float = 1.0
     momentum: float = 0.9
     weight_decay: float = 0.0
     # Evaluate on this many test images (a seeded sample) instead of all: on a CPU a pass over

@@ -7,11 +7,15 @@ validation list carved from train (never on test: ASHA stops trials on it), cent
 with the backbone in eval mode. It tracks the final linear evaluation (frozen backbone, 100
 epochs) only roughly: it chases a moving backbone and sees augmented images.
 
-The head standardises its input with a BatchNorm without affine parameters before the linear
-layer (as the online probes of several published codebases do). Without it the probe diverged
-in the CPU demo recipe: the backbone's feature scale grows several-fold over a run, and SGD at a
-fixed lr on raw features overshot (training loss 2.98, 4.55, 6.27, 5.11 over four epochs, above
-the ln 10 of a uniform guess; top-1 0.07, below chance).
+The head feeds its linear layer unit features: a BatchNorm without affine parameters (as the
+linear probes of MAE and others) and then a factor 1/sqrt(D), so that each feature vector has
+zero mean and an expected squared norm of 1 whatever the backbone's width D and feature scale.
+An SGD step then moves the logits by about lr times the gradient on them, for ResNet-18 and
+ResNet-50 alike, and `probe.lr` means the same in every recipe. On raw features the probe
+diverged in the CPU demo recipe (training loss 2.98, 4.55, 6.27, 5.11 over four epochs, above
+the ln 10 of a uniform guess; top-1 0.07, below chance), and BatchNorm alone at lr 0.1 is worse
+(each step moves the logits D times more): benchmarks/online_probe.py measures these heads side
+by side on one run (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -23,7 +27,19 @@ from torch import Tensor, nn
 
 from harness.config import ProbeConfig
 
-__all__ = ["OnlineProbe"]
+__all__ = ["OnlineProbe", "UnitFeatures"]
+
+
+class UnitFeatures(nn.Module):
+    """Zero-mean features of expected squared norm 1: BatchNorm (no affine) / sqrt(D)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.norm = nn.BatchNorm1d(dim, affine=False)
+        self.scale = dim ** -0.5
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(x) * self.scale
 
 
 class OnlineProbe:
@@ -32,8 +48,7 @@ class OnlineProbe:
     @staticmethod
     def head(feature_dim: int, num_classes: int) -> nn.Module:
         # Batch statistics in training, running statistics at evaluation (eval mode).
-        return nn.Sequential(nn.BatchNorm1d(feature_dim, affine=False),
-                             nn.Linear(feature_dim, num_classes))
+        return nn.Sequential(UnitFeatures(feature_dim), nn.Linear(feature_dim, num_classes))
 
     def __init__(self, head: nn.Module, cfg: ProbeConfig):
         self.head = head
@@ -78,9 +93,9 @@ class OnlineProbe:
         return {"head": self._module.state_dict(), "optimizer": self.optimizer.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        if "0.running_mean" not in state["head"]:
-            # A checkpoint from before the BatchNorm: its bare linear head has another shape of
-            # input; the probe starts again, it does not touch the backbone.
+        if "0.norm.running_mean" not in state["head"]:
+            # A checkpoint from before UnitFeatures: its head read raw features; the probe
+            # starts again (it never touches the backbone).
             return
         self._module.load_state_dict(state["head"])
         self.optimizer.load_state_dict(state["optimizer"])

@@ -9,6 +9,11 @@ development machine), which a local run and the tests must never do.
 instance that happens to be running, whatever RAY_ADDRESS says. `start_ray(address)` joins the
 named cluster instead (`harness pretrain --address ray://head:10001` or `auto` on a cluster node).
 
+Each local instance serves its dashboard, and with it Ray's state API, on a port of its own,
+and its processes find that API through RAY_API_SERVER_ADDRESS: without it, the state API of a
+machine that runs two local instances (two sweeps, a sweep beside the tests) fails with "Found
+multiple active Ray instances", and Train V2 cannot see that a stopped trial's controller died.
+
 A local start gets two tries: Ray waits a fixed 30 s for its raylet to register with the GCS,
 which a slow, loaded 2-core machine can miss (seen here: "The current node timed out during
 startup ... the GCS has become overloaded"). The processes of a failed try are killed before
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 import time
 
@@ -102,13 +108,23 @@ def _kill(pids: set[int]) -> None:
     psutil.wait_procs(procs, timeout=10)
 
 
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _start_local(init_args: dict) -> None:
     """ray.init of a new local instance, tried twice; RayStartError after the second failure."""
     for attempt in range(1, START_ATTEMPTS + 1):
         before = _children()
         started = time.monotonic()
+        port = _free_port()
+        # In this process's environment before the start: the raylet and every worker (Train's
+        # controller among them) inherit it.
+        os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
         try:
-            ray.init(**init_args)
+            ray.init(**init_args, dashboard_port=port)
             return
         except (TypeError, ValueError):  # bad arguments: a retry cannot help
             raise

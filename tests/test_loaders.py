@@ -1,4 +1,4 @@
-"""The FFCV loaders on a real CIFAR-10 subset written by `harness prep`.
+"""The FFCV loaders on real CIFAR-10 and Imagenette subsets written by `harness prep`.
 
 Every FFCV loader compiles its numba pipeline (about 10-15 s on this machine), so the module
 builds each kind of loader once and the tests share them.
@@ -18,10 +18,14 @@ from PIL import Image
 from harness.cli import main as cli_main
 from ffcv.loader.epoch_iterator import EpochIterator
 
-from harness.data import (CIFAR_VIEWS, ViewAugment, eval_loader, labelled_loader, two_view_loader)
-from harness.data.augment import MEAN, STD
+from data_prep import PrepError, fit_part, prepare, read_manifest
+from harness.data import (CIFAR_VIEWS, ViewAugment, dataset_normalization, eval_loader,
+                          labelled_loader, two_view_loader)
 from harness.data.ffcv_augment import PhotometricAugment
 from harness.data.loaders import photometric_path
+
+# ImageNet's constants, the usual convention: what the loaders used before statistics per set.
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 pytestmark = pytest.mark.slow
 
@@ -43,9 +47,14 @@ def source_images(cifar_folder, prepared):
     return np.stack(images), np.array(labels)
 
 
-def _unnormalise(x: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(STD).view(1, 3, 1, 1)
+@pytest.fixture(scope="module")
+def stats(prepared):
+    return dataset_normalization(prepared / "train.beton")
+
+
+def _unnormalise(x: torch.Tensor, stats) -> torch.Tensor:
+    mean = torch.tensor(stats.mean).view(1, 3, 1, 1)
+    std = torch.tensor(stats.std).view(1, 3, 1, 1)
     return x * std + mean
 
 
@@ -56,11 +65,11 @@ def two_view_batches(prepared):
     return [batch for _, batch in zip(range(3), loader)]
 
 
-def test_two_views_shape_dtype_range(two_view_batches):
+def test_two_views_shape_dtype_range(two_view_batches, stats):
     for view_a, view_b, label in two_view_batches:
         for view in (view_a, view_b):
             assert view.shape == (64, 3, 32, 32) and view.dtype == torch.float32
-            pixels = _unnormalise(view)
+            pixels = _unnormalise(view, stats)
             assert pixels.min() >= -1e-5 and pixels.max() <= 1 + 1e-5
         assert label.shape == (64,) and label.dtype == torch.int64
         assert 0 <= int(label.min()) and int(label.max()) <= 9
@@ -74,8 +83,8 @@ def test_two_views_differ_from_each_other(two_view_batches):
     assert not torch.equal(two_view_batches[0].view_a, two_view_batches[1].view_a)
 
 
-def test_two_views_differ_from_the_source(two_view_batches, cifar_folder):
-    view_a = _unnormalise(two_view_batches[0].view_a)
+def test_two_views_differ_from_the_source(two_view_batches, cifar_folder, stats):
+    view_a = _unnormalise(two_view_batches[0].view_a, stats)
     sources = [np.asarray(Image.open(p).convert("RGB"))
                for p in sorted((cifar_folder / "train").rglob("*.jpg"))]
     sources = torch.from_numpy(np.stack(sources)).permute(0, 3, 1, 2).float() / 255
@@ -109,15 +118,77 @@ def test_photometric_path_choice(prepared):
                         device="cpu", photometric="numba")
 
 
-def test_eval_loader_returns_every_image_once_exactly(prepared, source_images):
+def test_eval_loader_returns_every_image_once_exactly(prepared, source_images, stats):
     images, labels = source_images
     loader = eval_loader(prepared / "test.beton", batch_size=32, resolution=32, device="cpu")
     got_x, got_y = zip(*[(x, y) for x, y in loader])
     got_x, got_y = torch.cat(got_x), torch.cat(got_y)
     assert torch.equal(got_y, torch.from_numpy(labels))
-    pixels = (_unnormalise(got_x) * 255).round().permute(0, 2, 3, 1).numpy()
+    pixels = (_unnormalise(got_x, stats) * 255).round().permute(0, 2, 3, 1).numpy()
     # raw mode stores decoded pixels; the 32 px centre crop of a 32 px image is the image.
     assert np.abs(pixels - images).max() <= 1
+
+
+@pytest.fixture(scope="module")
+def imagenette_prepared(imagenette_folder, tmp_path_factory) -> Path:
+    """Imagenette stored at 64 px: 'smart' keeps images that small as raw pixels."""
+    out = tmp_path_factory.mktemp("imagenette64")
+    prepare(str(imagenette_folder), out, max_resolution=64, num_workers=2, progress=False)
+    return out
+
+
+def _channel_moments(x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    per_channel = x.double().transpose(0, 1).flatten(1)
+    return per_channel.mean(1).numpy(), per_channel.std(1, unbiased=False).numpy()
+
+
+@pytest.mark.parametrize("data", ["cifar", "imagenette"])
+def test_loaders_standardise_with_their_data_sets_own_statistics(data, request):
+    """Centre crops of the images fitting reads (train minus val), through the eval loader:
+    each channel comes out with mean ~0 and std ~1, as it would not with ImageNet's constants."""
+    out = request.getfixturevalue({"cifar": "prepared", "imagenette": "imagenette_prepared"}[data])
+    resolution = {"cifar": 32, "imagenette": 64}[data]
+    manifest = read_manifest(out)
+    fitting = fit_part(out, manifest)
+    assert manifest["normalization"]["of"] == "train minus val.txt"
+    assert manifest["normalization"]["images"] == len(fitting.indices)
+    loader = eval_loader(out / "train.beton", batch_size=64, resolution=resolution,
+                         device="cpu", indices=fitting.indices)
+    x = torch.cat([images for images, _ in loader])
+    assert len(x) == len(fitting.indices)
+    mean, std = _channel_moments(x)
+    assert np.abs(mean).max() < 0.1 and np.abs(std - 1).max() < 0.1, (mean, std)
+
+    stats = dataset_normalization(out / "train.beton")
+    pixels = _unnormalise(x, stats)  # back to [0, 1], then ImageNet's way
+    imagenet = (pixels - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) \
+        / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    mean, std = _channel_moments(imagenet)
+    if data == "cifar":  # CIFAR-10's blue mean and spread are far from ImageNet's
+        assert np.abs(mean).max() > 0.1 or np.abs(std - 1).max() > 0.1, (mean, std)
+
+
+def test_each_data_set_has_its_own_statistics(prepared, imagenette_prepared):
+    cifar = dataset_normalization(prepared / "train.beton")
+    imagenette = dataset_normalization(imagenette_prepared / "val.beton")  # train's, beside it
+    assert np.abs(np.subtract(cifar.mean, imagenette.mean)).max() > 0.01
+    assert np.abs(np.subtract(cifar.std, imagenette.std)).max() > 0.01
+    assert dataset_normalization(imagenette_prepared / "train.beton") == imagenette
+
+
+def test_a_loader_refuses_a_manifest_of_an_older_format(prepared, tmp_path):
+    copy = tmp_path / "old"
+    copy.mkdir()
+    for f in prepared.iterdir():  # hard links: the .betons stay shared, the manifest is new
+        if f.name != "manifest.json":
+            (copy / f.name).hardlink_to(f)
+    manifest = json.loads((prepared / "manifest.json").read_text())
+    manifest["format_version"] = 2
+    del manifest["normalization"]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(PrepError, match=r"format_version 2, this code reads 3.*harness prep "
+                                        r"SOURCE --out .* --force"):
+        eval_loader(copy / "test.beton", batch_size=8, resolution=32, device="cpu")
 
 
 def test_labelled_loader_is_augmented(prepared):

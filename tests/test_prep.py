@@ -1,8 +1,10 @@
 """data_prep on real images: small CIFAR-10 / Imagenette / Tiny-ImageNet subsets in, and every
-.beton read back and compared with the source files decoded by PIL."""
+.beton read back and compared with the source files decoded by PIL; the normalisation
+statistics recomputed from the decoded pixels; imported subset lists checked image by image."""
 
 import hashlib
 import io
+import json
 import os
 import shutil
 import tarfile
@@ -15,6 +17,7 @@ from PIL import Image
 
 import data_prep.images
 from data_prep import PrepError, prepare, read_manifest
+from data_prep.manifest import FORMAT_VERSION
 from data_prep.images import IMAGE_EXTENSIONS
 from data_prep.subsets import SUBSET_FRACTIONS, subset_size
 from processes import guard
@@ -53,6 +56,14 @@ def pil_rgb(path):
 
 def image_digest(pixels):
     return hashlib.sha256(pixels.tobytes()).hexdigest()
+
+
+def fitting_pixels(out, manifest):
+    """Every pixel of the train images outside val.txt, as decoded: (N x 3 in [0, 1], images)."""
+    decoded, _ = read_beton(out / "train.beton")
+    held_out = set(data_prep.validation_part(out, manifest).indices.tolist())
+    kept = [p for i, p in enumerate(decoded) if i not in held_out]
+    return np.concatenate([p.reshape(-1, 3) for p in kept]).astype(np.float64) / 255, len(kept)
 
 
 def copy_classes(src, dest, classes, per_class):
@@ -109,16 +120,42 @@ def test_manifest_records_counts_classes_and_provenance(cifar_folder, cifar_raw)
         assert entry["image_size"] == {"min_height": 32, "max_height": 32, "mean_height": 32.0,
                                        "min_width": 32, "max_width": 32, "mean_width": 32.0}
         assert entry["bytes"] == (out / entry["file"]).stat().st_size
+    assert manifest["format_version"] == FORMAT_VERSION == 3
     assert manifest["source"]["kind"] == "folder"
     assert manifest["source"]["path"] == str(cifar_folder.resolve())
     assert len(manifest["source"]["sha256"]) == 64
     assert manifest["options"]["write_mode"] == "raw"
     assert manifest["options"]["seed"] == 0
+    assert manifest["options"]["subset_lists"] == {}
     assert manifest["versions"]["ffcv"] == "1.0.2"
     assert {"python", "numpy", "pillow", "torch", "torchvision"} <= set(manifest["versions"])
     assert (manifest["skipped"], manifest["ignored_files"]) == ([], 0)
     assert manifest["created"].endswith("+00:00") and manifest["seconds"] > 0
     assert not list(out.glob(".partial-*"))
+
+
+def test_normalization_is_the_channel_statistics_of_what_fitting_reads(cifar_raw):
+    out, manifest = cifar_raw
+    pixels, images = fitting_pixels(out, manifest)
+    norm = manifest["normalization"]
+    assert (norm["of"], norm["images"], norm["pixels"]) == ("train minus val.txt", images,
+                                                            len(pixels))
+    assert images == 400 - manifest["validation"]["count"]
+    np.testing.assert_allclose(norm["mean"], pixels.mean(axis=0), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(norm["std"], pixels.std(axis=0), rtol=0, atol=1e-6)
+
+
+def test_a_source_without_train_split_is_normalised_by_all_its_images(tiny_imagenet_folder,
+                                                                     tmp_path):
+    manifest = prepare(str(tiny_imagenet_folder), tmp_path, write_mode="raw", **FAST)
+    assert (list(manifest["splits"]), manifest["validation"], manifest["subsets"]) == \
+        (["val"], None, {})
+    decoded, _ = read_beton(tmp_path / "val.beton")
+    pixels = np.concatenate([p.reshape(-1, 3) for p in decoded]) / 255
+    norm = manifest["normalization"]
+    assert (norm["of"], norm["images"]) == ("all splits (no train split)", 30)
+    np.testing.assert_allclose(norm["mean"], pixels.mean(axis=0), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(norm["std"], pixels.std(axis=0), rtol=0, atol=1e-6)
 
 
 def test_jpg_mode_stays_close_to_the_source_and_loads_through_ffcv(cifar_folder, tmp_path):
@@ -158,6 +195,12 @@ def test_max_resolution_shrinks_imagenette(imagenette_folder, tmp_path):
         decoded, _ = read_beton(tmp_path / entry["file"])
         assert all(max(p.shape[:2]) == 64 for p in decoded)  # 224x224 sources: exactly 64
     assert manifest["options"]["max_resolution"] == 64
+    # The statistics are of the stored 64 px pixels ('smart' keeps these raw), not the sources'.
+    pixels, images = fitting_pixels(tmp_path, manifest)
+    norm = manifest["normalization"]
+    assert (norm["images"], norm["pixels"]) == (images, images * 64 * 64)
+    np.testing.assert_allclose(norm["mean"], pixels.mean(axis=0), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(norm["std"], pixels.std(axis=0), rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("suffix", ["tar", "tar.gz"])
@@ -286,6 +329,135 @@ def test_validation_errors_name_the_problem(cifar_folder, tmp_path):
                          ({"val_max_per_class": 0}, "val_max_per_class")):
         with pytest.raises(PrepError, match=message):
             prepare(str(cifar_folder), tmp_path / "bad", **bad, **FAST)
+
+
+@pytest.fixture(scope="module")
+def named_folder(cifar_folder, tmp_path_factory):
+    """The CIFAR subset with its training images renamed <class>_<file>: bare names that are
+    unique, as ImageNet's (n01440764_10026.JPEG) are."""
+    root = tmp_path_factory.mktemp("named")
+    for split in ("train", "test"):
+        for f in sorted((cifar_folder / split).glob("*/*")):
+            (root / split / f.parent.name).mkdir(parents=True, exist_ok=True)
+            name = f"{f.parent.name}_{f.name}" if split == "train" else f.name
+            shutil.copy(f, root / split / f.parent.name / name)
+    return root
+
+
+def subset_list(path, files, forms=("bare",)):
+    """Write a subset list naming `files`, cycling through the ways a line may name one."""
+    form = {"bare": lambda f: f.name, "class": lambda f: f"{f.parent.name}/{f.name}",
+            "root": lambda f: f"train/{f.parent.name}/{f.name}",
+            "dotted": lambda f: f"  ./{f.parent.name}//{f.name}  "}
+    lines = [form[forms[i % len(forms)]](f) for i, f in enumerate(files)]
+    path.write_text("\n" + "\n\n".join(lines) + "\r\n")
+    return path
+
+
+def test_an_imported_subset_list_gives_exactly_the_listed_images(named_folder, tmp_path):
+    train = [f for f, _ in source_order(named_folder, "train")]  # in train.beton's order
+    # 30 of class 0's 40 images: val.txt's 4 of class 0 must come from the other 10.
+    picked = [*range(30), 45, 123, 399]
+    listing = subset_list(tmp_path / "1percent.txt", [train[i] for i in picked],
+                          ("bare", "class", "root", "dotted"))
+    mine = subset_list(tmp_path / "mine.txt", train[200:203], ("root",))
+    out = tmp_path / "out"
+    manifest = prepare(str(named_folder), out, write_mode="raw", **FAST,
+                       subset_lists={"1pct": listing, "mine": mine})
+
+    entry = manifest["subsets"]["1pct"]
+    assert entry["imported_from"] == str(listing.resolve()) and "fraction" not in entry
+    assert entry["imported_sha256"] == hashlib.sha256(listing.read_bytes()).hexdigest()
+    assert manifest["options"]["subset_lists"] == {
+        "1pct": entry["imported_sha256"], "mine": manifest["subsets"]["mine"]["imported_sha256"]}
+    indices = data_prep.subset_part(out, manifest, "1pct").indices
+    assert indices.tolist() == picked
+    decoded, labels = read_beton(out / "train.beton")
+    assert [image_digest(decoded[i]) for i in indices] == \
+        [image_digest(pil_rgb(train[i])) for i in picked]
+    assert entry["per_class"] == np.bincount(labels[indices], minlength=10).tolist()
+    assert entry["per_class"][0] == 30 and entry["count"] == len(picked)
+    assert list(manifest["subsets"]) == ["1pct", "10pct", "mine"]
+    assert data_prep.subset_part(out, manifest, "mine").indices.tolist() == [200, 201, 202]
+    assert manifest["subsets"]["10pct"]["fraction"] == 0.1  # still seeded, outside val
+
+    val = set(data_prep.validation_part(out, manifest).indices.tolist())
+    assert manifest["validation"]["per_class"] == [4] * 10
+    assert not val & set(picked) and not val & {200, 201, 202}
+    plain = prepare(str(named_folder), tmp_path / "plain", write_mode="raw", **FAST)
+    assert set(data_prep.validation_part(tmp_path / "plain", plain).indices.tolist()) & \
+        set(picked), "without the import, the seeded val.txt would have overlapped the list"
+
+
+def test_a_changed_subset_list_re_prepares(named_folder, tmp_path):
+    train = [f for f, _ in source_order(named_folder, "train")]
+    listing = subset_list(tmp_path / "list.txt", train[:5])
+    out = tmp_path / "out"
+    first = prepare(str(named_folder), out, **FAST, subset_lists={"1pct": listing})
+    beton = (out / "train.beton").stat()
+
+    moved = tmp_path / "moved.txt"  # the same contents elsewhere: nothing to redo
+    shutil.copy(listing, moved)
+    same = prepare(str(named_folder), out, **FAST, subset_lists={"1pct": moved})
+    assert same == first and (out / "train.beton").stat().st_ino == beton.st_ino
+
+    subset_list(listing, train[:6])
+    changed = prepare(str(named_folder), out, **FAST, subset_lists={"1pct": listing})
+    assert changed["fingerprint"] != first["fingerprint"]
+    assert changed["subsets"]["1pct"]["count"] == 6
+    assert changed["subsets"]["1pct"]["imported_sha256"] != \
+        first["subsets"]["1pct"]["imported_sha256"]
+    seeded = prepare(str(named_folder), out, **FAST)
+    assert seeded["fingerprint"] not in (first["fingerprint"], changed["fingerprint"])
+    assert seeded["subsets"]["1pct"]["fraction"] == 0.01
+
+
+def test_subset_list_errors_name_the_problem(named_folder, cifar_folder, tiny_imagenet_folder,
+                                             tmp_path):
+    train = [f for f, _ in source_order(named_folder, "train")]
+    good = subset_list(tmp_path / "good.txt", train[:3])
+    unknown = tmp_path / "unknown.txt"
+    unknown.write_text("\n".join([*(f"nope{i}.jpg" for i in range(6)), train[0].name,
+                                   "test/cat/0000.jpg", train[1].name]))
+    cases = [
+        (named_folder, {"1pct": tmp_path / "missing.txt"}, "missing.txt does not exist"),
+        (named_folder, {"1%": good}, "subset name '1%'.*letters, digits"),
+        (named_folder, {"1pct": subset_list(tmp_path / "blank.txt", [])}, "blank.txt is empty"),
+        (named_folder, {"1pct": unknown}, r"7 of its 9 names are not among the readable train "
+                                           r"images, e.g. nope0.jpg, nope1.jpg, nope2.jpg, "
+                                           r"nope3.jpg, nope4.jpg and 2 more"),
+        (cifar_folder, {"1pct": subset_list(tmp_path / "bare.txt", [train[0].parent / "0000.jpg"])},
+         r"1 names match more than one train image, e.g. 0000.jpg \(10 images\).*<class>/<file>"),
+        (named_folder, {"1pct": subset_list(tmp_path / "twice.txt", [train[0], train[0]],
+                                            ("bare", "class"))},
+         f"name an image an earlier line already names, e.g. airplane/{train[0].name}"),
+        # All 40 images of class 0: none left for its 4 validation images.
+        (named_folder, {"1pct": subset_list(tmp_path / "class0.txt", train[:40])},
+         "class airplane: the imported subset list.*leaving 0 outside them for its 4 "
+         "validation images.*--val-fraction"),
+        (tiny_imagenet_folder, {"1pct": good}, "no train split"),
+    ]
+    for source, lists, expected in cases:
+        with pytest.raises(PrepError, match=expected):
+            prepare(str(source), tmp_path / "out", **FAST, subset_lists=lists)
+        assert not (tmp_path / "out").exists(), expected  # refused before anything is written
+
+
+def test_prep_command_imports_subset_lists(named_folder, tmp_path, capsys):
+    from harness.cli import main
+
+    listing = subset_list(tmp_path / "few.txt",
+                          [f for f, _ in source_order(named_folder, "train")][::100])
+    out = tmp_path / "out"
+    assert main(["prep", str(named_folder), "--out", str(out), "--workers", "2",
+                 "--subset-list", f"few={listing}"]) == 0
+    printed = capsys.readouterr().out
+    assert f"few:        4 images ({listing.resolve()})" in printed
+    assert "10pct:       40 images (seeded, 10% per class)" in printed
+    assert "normalisation: mean (0.4" in printed and "of train minus val.txt" in printed
+    assert read_manifest(out)["subsets"]["few"]["count"] == 4
+    assert main(["prep", str(named_folder), "--out", str(out), "--subset-list", "few"]) == 2
+    assert "write NAME=FILE" in capsys.readouterr().err
 
 
 def test_up_to_date_output_is_kept_until_forced_or_options_change(cifar_folder, tmp_path):
@@ -505,6 +677,21 @@ def test_read_manifest_explains_unprepared_and_damaged_folders(cifar_raw, tmp_pa
     (copy / "test.beton").unlink()
     with pytest.raises(PrepError, match="test.beton .* is missing"):
         read_manifest(copy)
+
+
+def test_a_manifest_of_an_older_format_is_refused(cifar_raw, tmp_path):
+    shutil.copytree(cifar_raw[0], tmp_path, dirs_exist_ok=True)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert set(manifest["normalization"]) >= {"mean", "std", "of", "images"}
+    del manifest["normalization"]
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(PrepError, match=r"incomplete \(no normalization\).*--force"):
+        read_manifest(tmp_path)
+    manifest["format_version"] = 2  # written before normalisation statistics existed
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(PrepError, match=r"format_version 2, this code reads 3: run `harness "
+                                        r"prep SOURCE --out .*` --force"):
+        read_manifest(tmp_path)
 
 
 def test_torchvision_name_without_network_fails_fast(tmp_path, monkeypatch):

@@ -8,22 +8,20 @@ device (the path used on a GPU); `ffcv_augment.PhotometricAugment` applies the s
 image by image inside the FFCV pipeline, with numba (the path used on the CPU). Both follow
 torchvision's functional ops (ColorJitter with a random order of its four parts per sample,
 Grayscale with ITU-R 601 weights as torchvision rounds them, GaussianBlur with reflect padding,
-Solarize at 0.5), and the tests compare both against them sample by sample.
+Solarize at 0.5), and the tests compare both against them sample by sample. Either way the
+loader then scales the [0, 1] result with `normalize` and the data set's own mean and std.
 """
 
 from dataclasses import dataclass, fields
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["ViewAugment", "ViewParams", "BatchAugment", "IMAGENET_VIEWS", "CIFAR_VIEWS",
-           "blur_kernel_size", "draw_params"]
+           "blur_kernel_size", "draw_params", "normalize"]
 
-# ImageNet statistics: the convention of every published Barlow Twins evaluation.
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
 _GRAY = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
 
 
@@ -233,8 +231,12 @@ class BatchAugment(torch.nn.Module):
         x.index_copy_(0, dev_idx, op(x.index_select(0, dev_idx), idx))
 
 
-def normalize(x: Tensor) -> Tensor:
-    """[0, 1] RGB to the network's input scale (ImageNet mean / std), in place."""
-    mean = torch.tensor(MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+def normalize(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """[0, 1] RGB to the network's input scale, (x - mean) / std per channel, in place.
+
+    The loaders pass the data set's own statistics (loaders.dataset_normalization), on the
+    CPU and the GPU path alike.
+    """
+    mean = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
     return x.sub_(mean).div_(std)

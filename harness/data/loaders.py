@@ -7,12 +7,16 @@ FFCV's CPU threads to decoding; on the CPU inside the FFCV pipeline as numba ker
 threads (ffcv_augment.PhotometricAugment), several times faster there than eager tensor ops in
 the training thread (benchmarks/loader.py). `photometric=` overrides the choice. Under a
 torch process group, every rank reads its own shard.
+
+Every loader, on either path, normalises with the channel mean and std that `harness prep`
+measured on its data set's training images: `dataset_normalization` reads them from the
+manifest.json beside the .beton, the one place that decides.
 """
 
 import os
 import queue
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, NamedTuple, Sequence
 
@@ -53,6 +57,7 @@ sys.unraisablehook = _quiet_numba_finalizer
 __all__ = [
     "TwoViewBatch", "TwoViewLoader", "LabelledLoader", "two_view_loader", "labelled_loader",
     "eval_loader", "default_center_crop_ratio", "beton_path", "photometric_path",
+    "Normalization", "dataset_normalization",
 ]
 
 PHOTOMETRIC = ("auto", "ffcv", "torch")
@@ -82,6 +87,27 @@ def beton_path(data_dir: Path | str, split: str) -> Path:
     if split not in splits:
         raise ValueError(f"{data_dir} has no '{split}' split; it has: {', '.join(sorted(splits))}")
     return data_dir / splits[split]["file"]
+
+
+class Normalization(NamedTuple):
+    mean: tuple[float, float, float]    # per RGB channel, of pixels in [0, 1]
+    std: tuple[float, float, float]
+
+
+def dataset_normalization(path: Path | str) -> Normalization:
+    """The mean and std that the images of the .beton at `path` are normalised with: those
+    `harness prep` measured on its data set's training images (train minus val; the
+    manifest's `normalization.of` says which), read from the manifest beside it.
+
+    Pretraining and every evaluation of a data set therefore agree. A backbone evaluated on
+    another data set (the transfer protocol, or an exported backbone later) is fed that data
+    set's images standardised by that data set's own statistics, not its pretraining set's:
+    the choice is made here, by reading the manifest of the data actually loaded.
+    """
+    from data_prep import read_manifest
+
+    stats = read_manifest(Path(path).parent)["normalization"]
+    return Normalization(tuple(stats["mean"]), tuple(stats["std"]))
 
 
 def _device(device: str | torch.device | None) -> torch.device:
@@ -118,6 +144,7 @@ class _LoaderSpec:
     num_workers: int
     seed: int
     indices: Sequence[int] | None
+    stats: Normalization = field(init=False)  # read from the manifest, before any compile
 
     def __post_init__(self):
         if not Path(self.path).is_file():
@@ -126,6 +153,11 @@ class _LoaderSpec:
             raise ValueError(f"batch_size={self.batch_size} must be >= 1")
         if self.resolution < 8:
             raise ValueError(f"resolution={self.resolution} is too small (>= 8 px)")
+        object.__setattr__(self, "stats", dataset_normalization(self.path))  # frozen
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """A float batch in [0, 1] standardised with the data set's statistics, in place."""
+        return normalize(images, self.stats.mean, self.stats.std)
 
     def image_pipeline(self, decoder, flip_p: float | None, augment=None) -> list:
         ops = [decoder]
@@ -225,7 +257,7 @@ class TwoViewLoader:
 
     def __iter__(self) -> Iterator[TwoViewBatch]:
         for view_a, view_b, label in self.raw_batches():
-            yield TwoViewBatch(normalize(view_a), normalize(view_b), label)
+            yield TwoViewBatch(self.spec.normalize(view_a), self.spec.normalize(view_b), label)
 
     def raw_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """(view_a, view_b, label) as augmented floats in [0, 1], before normalisation (for grids)."""
@@ -243,15 +275,15 @@ class TwoViewLoader:
 class LabelledLoader:
     """Yields (images, labels), normalised: the linear-evaluation training and the eval loaders."""
 
-    def __init__(self, loader: Loader):
-        self.loader = loader
+    def __init__(self, spec: _LoaderSpec, loader: Loader):
+        self.spec, self.loader = spec, loader
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def __iter__(self):
         for images, labels in _epoch(self.loader):
-            yield normalize(_to_float(images)), labels.clone()
+            yield self.spec.normalize(_to_float(images)), labels.clone()
 
 
 def two_view_loader(path, *, batch_size: int, resolution: int,
@@ -280,8 +312,8 @@ def labelled_loader(path, *, batch_size: int, resolution: int, device=None, num_
         distributed = _world()[1] > 1
     decoder = RandomResizedCropRGBImageDecoder((resolution, resolution), scale=crop_scale)
     pipelines = {"image": spec.image_pipeline(decoder, 0.5), "label": spec.label_pipeline()}
-    return LabelledLoader(spec.build(pipelines, order=OrderOption.RANDOM, distributed=distributed,
-                                     drop_last=drop_last))
+    return LabelledLoader(spec, spec.build(pipelines, order=OrderOption.RANDOM,
+                                           distributed=distributed, drop_last=drop_last))
 
 
 def eval_loader(path, *, batch_size: int, resolution: int, device=None, num_workers: int = 2,
@@ -309,5 +341,5 @@ def eval_loader(path, *, batch_size: int, resolution: int, device=None, num_work
     spec = _LoaderSpec(Path(path), batch_size, resolution, _device(device), num_workers, 0, indices)
     decoder = CenterCropRGBImageDecoder((resolution, resolution), ratio=ratio)
     pipelines = {"image": spec.image_pipeline(decoder, None), "label": spec.label_pipeline()}
-    return LabelledLoader(spec.build(pipelines, order=OrderOption.SEQUENTIAL, distributed=False,
-                                     drop_last=False))
+    return LabelledLoader(spec, spec.build(pipelines, order=OrderOption.SEQUENTIAL,
+                                           distributed=False, drop_last=False))

@@ -28,7 +28,9 @@ def view_grid(data_dir: Path | str, *, resolution: int, views: tuple[ViewAugment
     """A 3 x H x W image in [0, 1]: one row per image, columns original | view A | view B.
 
     The images are `count` samples of the split drawn with `seed`; the views are made by the
-    same decoders and batch augmentations as the training loader.
+    same decoders and batch augmentations as the training loader. They stay in [0, 1], as the
+    augmentations leave them: a picture, so without the loader's last step, the normalisation
+    with the data set's mean and std (which would only be clipped on saving).
     """
     path = beton_path(data_dir, split)
     from ffcv.reader import Reader

@@ -159,4 +159,6 @@ class EvalData:
                 "fingerprint": self.manifest["fingerprint"], "classes": self.num_classes,
                 "train_images": self.count("train"), "val_images": self.count("val"),
                 "test_images": self.count("test"), "test_split": self.parts["test"].split,
-                "val_from": self.parts["val"].split, "resolution": self.resolution}
+                "val_from": self.parts["val"].split, "resolution": self.resolution,
+                # What the loaders standardise this data set's images with (its own stats).
+                "normalization": self.manifest["normalization"]}

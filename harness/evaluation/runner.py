@@ -93,6 +93,8 @@ def plan(backbone: Backbone, protocols: Sequence[str] | str, data_dir: Path | st
         if not pretraining and data is not None:
             pretraining = source_digests(data.manifest)  # no training config: --data is it
         for directory in transfer_dirs:
+            # Its loaders normalise with the target's own statistics, not the pretraining
+            # set's (harness.data.dataset_normalization decides).
             target = EvalData.open(directory, settings, resolution)
             if source_digests(target.manifest) & pretraining:
                 raise ValueError(f"{directory} was prepared from the same images as the "
