@@ -20,15 +20,12 @@ loader's first batch (its pipeline compile). Run from the repository root:
 import argparse
 import atexit
 import os
-import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tarfile
 import tempfile
 import time
-from importlib.metadata import version
 from pathlib import Path
 
 # An empty numba cache, so the kernels' compile time below is what a first run pays.
@@ -44,6 +41,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 from torchvision.datasets import ImageFolder  # noqa: E402
 
 from data_prep import prepare  # noqa: E402
+from environment import load_average, machine, revision, versions  # noqa: E402
 from harness.data import (CIFAR_VIEWS, IMAGENET_VIEWS, Normalization, ViewAugment,  # noqa: E402
                           dataset_normalization, two_view_loader)
 from harness.data.augment import blur_kernel_size  # noqa: E402
@@ -154,43 +152,6 @@ def bench_dataset(name, folder: Path, resolution, views, write_mode, args, work:
 
 def _spread(rates: list[float]) -> float:
     return (max(rates) - min(rates)) / 2
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
-
-
-def versions() -> str:
-    return ", ".join(f"{p} {version(p)}" for p in
-                     ("torch", "torchvision", "ffcv", "numpy", "numba", "pillow")) + \
-        f", python {platform.python_version()}"
-
-
-def revision() -> str:
-    repo = Path(__file__).resolve().parents[1]
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, text=True,
-                             capture_output=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=repo, text=True,
-                               capture_output=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return rev + (" + uncommitted changes" if dirty else "")
-
-
-def load_average() -> str:
-    try:
-        return ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    except OSError:
-        return "unknown"
 
 
 def main() -> int:

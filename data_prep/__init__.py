@@ -8,16 +8,25 @@ reads); `read_manifest(out)` reads a finished preparation back. Every bad input 
 `PrepError` with a message that says what to do.
 """
 
-import torch
-
-# ffcv's import sets torch to one thread (its Compiler's default): keep the caller's count.
-_TORCH_THREADS = torch.get_num_threads()
-from .convert import prepare  # noqa: E402
-from .errors import PrepError  # noqa: E402
-from .holdout import Part, fit_part, subset_part, test_part, validation_part  # noqa: E402
-from .manifest import read_manifest  # noqa: E402
-
-torch.set_num_threads(_TORCH_THREADS)
+from .errors import PrepError
+from .holdout import Part, fit_part, subset_part, test_part, validation_part
+from .manifest import read_manifest
 
 __all__ = ["PrepError", "prepare", "read_manifest", "Part", "fit_part", "validation_part",
            "subset_part", "test_part"]
+
+
+def __getattr__(name: str):
+    """`prepare` is imported on first use: it brings ffcv (about 5 s of CPU per process),
+    which a process that only reads a manifest should not pay."""
+    if name != "prepare":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import torch
+
+    # ffcv's import sets torch to one thread (its Compiler's default): keep the caller's count.
+    threads = torch.get_num_threads()
+    from .convert import prepare
+
+    torch.set_num_threads(threads)
+    globals()["prepare"] = prepare
+    return prepare

@@ -22,6 +22,7 @@ from data_prep import PrepError, fit_part, prepare, read_manifest
 from harness.data import (CIFAR_VIEWS, ViewAugment, dataset_normalization, eval_loader,
                           labelled_loader, two_view_loader)
 from harness.data.ffcv_augment import PhotometricAugment
+from harness.data.ffcv_flip import flip_batch
 from harness.data.loaders import photometric_path
 
 # ImageNet's constants, the usual convention: what the loaders used before statistics per set.
@@ -199,6 +200,46 @@ def test_labelled_loader_is_augmented(prepared):
     assert x.shape == (50, 3, 32, 32) and y.shape == (50,)
     counts = torch.bincount(torch.cat([y for _, y in batches]), minlength=10)
     assert counts.tolist() == [40] * 10
+
+
+def test_flip_batch_mirrors_exactly_the_chosen_images():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (6, 5, 7, 3), dtype=np.uint8)
+    chosen = np.array([True, False, True, True, False, False])
+    out = flip_batch(images, chosen, np.empty_like(images))
+    for i, flipped in enumerate(chosen):
+        assert np.array_equal(out[i], images[i, :, ::-1] if flipped else images[i])
+
+
+def _flips_in_a_labelled_epoch(prepared, source: np.ndarray, stats, seed: int) -> np.ndarray:
+    """Which of the test split's images the labelled loader mirrored, in the order it served
+    them: with crop scale 1 every crop is the whole image, so each output is its source
+    image or that image's mirror, nothing else."""
+    loader = labelled_loader(prepared / "test.beton", batch_size=len(source), resolution=32,
+                             device="cpu", seed=seed, crop_scale=(1.0, 1.0))
+    (x, _), = list(loader)
+    pixels = (_unnormalise(x, stats) * 255).round().permute(0, 2, 3, 1).numpy()
+    flat = pixels.reshape(len(pixels), -1)
+    as_is = np.abs(flat[:, None] - source.reshape(len(source), -1)[None]).max(-1)
+    mirrored = np.abs(flat[:, None] - source[:, :, ::-1].reshape(len(source), -1)[None]).max(-1)
+    match_as_is, match_mirror = as_is.min(1) <= 1, mirrored.min(1) <= 1
+    assert np.all(match_as_is | match_mirror), "an output is neither its image nor its mirror"
+    # every source image served once (a symmetric image may match both ways: count it as is)
+    served = np.where(match_as_is, as_is.argmin(1), mirrored.argmin(1))
+    assert sorted(served) == list(range(len(source)))
+    return match_mirror & ~match_as_is
+
+
+def test_labelled_loader_flips_half_the_images_and_repeats_with_its_seed(
+        prepared, source_images, stats):
+    source = source_images[0]
+    first = _flips_in_a_labelled_epoch(prepared, source, stats, seed=3)
+    again = _flips_in_a_labelled_epoch(prepared, source, stats, seed=3)
+    other = _flips_in_a_labelled_epoch(prepared, source, stats, seed=4)
+    # Binomial(100, 1/2): outside [30, 70] with probability below 1e-4.
+    assert 30 <= first.sum() <= 70, first.sum()
+    assert np.array_equal(first, again)
+    assert not np.array_equal(first, other)
 
 
 def _shard_worker(rank: int, world: int, init_file: str, beton: str, out: str):

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["ViewAugment", "ViewParams", "BatchAugment", "IMAGENET_VIEWS", "CIFAR_VIEWS",
-           "blur_kernel_size", "draw_params", "normalize"]
+           "VIEW_PRESETS", "preset_views", "blur_kernel_size", "draw_params", "normalize"]
 
 _GRAY = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
 
@@ -72,6 +72,13 @@ class ViewAugment:
 IMAGENET_VIEWS = (ViewAugment(blur_p=1.0, solarize_p=0.0), ViewAugment(blur_p=0.1, solarize_p=0.2))
 # solo-learn's CIFAR recipe: no blur at 32 px, solarization on view B only.
 CIFAR_VIEWS = (ViewAugment(blur_p=0.0, solarize_p=0.0), ViewAugment(blur_p=0.0, solarize_p=0.2))
+VIEW_PRESETS = {"imagenet": IMAGENET_VIEWS, "cifar": CIFAR_VIEWS}
+
+
+def preset_views(name: str) -> tuple[ViewAugment, ViewAugment]:
+    if name not in VIEW_PRESETS:
+        raise ValueError(f"unknown augmentation preset '{name}': choose one of {sorted(VIEW_PRESETS)}")
+    return VIEW_PRESETS[name]
 
 
 def blur_kernel_size(resolution: int) -> int:

@@ -30,10 +30,11 @@ from ffcv.fields.basics import IntDecoder
 from ffcv.fields.rgb_image import CenterCropRGBImageDecoder, RandomResizedCropRGBImageDecoder
 from ffcv.loader import Loader, OrderOption
 from ffcv.pipeline import PipelineSpec
-from ffcv.transforms import RandomHorizontalFlip, Squeeze, ToDevice, ToTensor, ToTorchImage
+from ffcv.transforms import Squeeze, ToDevice, ToTensor, ToTorchImage
 
 from .augment import BatchAugment, ViewAugment, normalize
 from .ffcv_augment import PhotometricAugment
+from .ffcv_flip import HorizontalFlip
 
 torch.set_num_threads(_TORCH_THREADS)
 
@@ -159,10 +160,12 @@ class _LoaderSpec:
         """A float batch in [0, 1] standardised with the data set's statistics, in place."""
         return normalize(images, self.stats.mean, self.stats.std)
 
-    def image_pipeline(self, decoder, flip_p: float | None, augment=None) -> list:
+    def image_pipeline(self, decoder, flip_p: float | None, augment=None, stream: int = 0) -> list:
+        """decoder, flip (seeded by the loader's seed, rank and `stream`: one per view), the
+        FFCV `augment` operation if any, then to a torch batch on the device."""
         ops = [decoder]
         if flip_p:
-            ops.append(RandomHorizontalFlip(flip_p))
+            ops.append(HorizontalFlip(flip_p, np.random.SeedSequence([self.seed, _world()[0], stream])))
         if augment is not None:
             ops.append(augment)  # an FFCV operation on the uint8 images, before ToTensor
         on_gpu = self.device.type == "cuda"
@@ -227,7 +230,7 @@ class TwoViewLoader:
     `photometric` is where colour jitter, grayscale, blur and solarization run ('ffcv' or
     'torch', see photometric_path); `augment` holds the two views' augmenters (PhotometricAugment
     operations inside the FFCV pipelines, or BatchAugment modules applied here), each with a
-    seeded torch `generator`. FFCV's own crops and flips draw from numba's unseeded generators.
+    seeded torch `generator`. Flips are seeded too (HorizontalFlip); FFCV's crops draw from numba's unseeded generator.
     Training shards come from FFCV's distributed sampler: a new global shuffle every epoch,
     padded so every rank has the same number of batches (as torch's DistributedSampler).
     """
@@ -242,13 +245,13 @@ class TwoViewLoader:
         self.augment = [kind(view, spec.resolution, seed=spec.seed * 1000 + 2 * rank + i)
                         for i, view in enumerate(views)]
         pipelines = {"label": spec.label_pipeline()}
-        for name, view, augment in zip(("image", "image_b"), views, self.augment):
+        for stream, (name, view, augment) in enumerate(zip(("image", "image_b"), views, self.augment)):
             decoder = RandomResizedCropRGBImageDecoder(
                 (spec.resolution, spec.resolution), scale=view.crop_scale, ratio=view.crop_ratio)
             in_ffcv = augment if self.photometric == "ffcv" else None
             pipelines[name] = PipelineSpec(
                 "image", decoder=decoder,
-                transforms=spec.image_pipeline(decoder, view.flip_p, in_ffcv)[1:])
+                transforms=spec.image_pipeline(decoder, view.flip_p, in_ffcv, stream)[1:])
         self.loader = spec.build(pipelines, order=OrderOption.RANDOM, distributed=distributed,
                                  drop_last=drop_last)
 

@@ -9,19 +9,10 @@ from ffcv.loader import OrderOption
 from ffcv.pipeline import PipelineSpec
 from torchvision.utils import make_grid, save_image
 
-from .augment import CIFAR_VIEWS, IMAGENET_VIEWS, BatchAugment, ViewAugment
+from .augment import VIEW_PRESETS, BatchAugment, ViewAugment, preset_views
 from .loaders import _LoaderSpec, beton_path
 
 __all__ = ["view_grid", "save_view_grid", "preset_views", "VIEW_PRESETS"]
-
-VIEW_PRESETS = {"imagenet": IMAGENET_VIEWS, "cifar": CIFAR_VIEWS}
-
-
-def preset_views(name: str) -> tuple[ViewAugment, ViewAugment]:
-    if name not in VIEW_PRESETS:
-        raise ValueError(f"unknown augmentation preset '{name}': choose one of {sorted(VIEW_PRESETS)}")
-    return VIEW_PRESETS[name]
-
 
 def view_grid(data_dir: Path | str, *, resolution: int, views: tuple[ViewAugment, ViewAugment],
               count: int = 8, split: str = "train", seed: int = 0) -> torch.Tensor:
@@ -41,11 +32,12 @@ def view_grid(data_dir: Path | str, *, resolution: int, views: tuple[ViewAugment
     spec = _LoaderSpec(path, len(indices), resolution, torch.device("cpu"), 1, seed, indices)
     original = CenterCropRGBImageDecoder((resolution, resolution), ratio=1.0)
     pipelines = {"image": spec.image_pipeline(original, None), "label": None}
-    for name, view in zip(("view_a", "view_b"), views):
+    for stream, (name, view) in enumerate(zip(("view_a", "view_b"), views)):
         decoder = RandomResizedCropRGBImageDecoder((resolution, resolution), scale=view.crop_scale,
                                                    ratio=view.crop_ratio)
         pipelines[name] = PipelineSpec("image", decoder=decoder,
-                                       transforms=spec.image_pipeline(decoder, view.flip_p)[1:])
+                                       transforms=spec.image_pipeline(decoder, view.flip_p,
+                                                                         stream=stream)[1:])
     loader = spec.build(pipelines, order=OrderOption.SEQUENTIAL, distributed=False, drop_last=False)
     images, view_a, view_b = (t.float().div(255.0) for t in next(iter(loader)))
     view_a = BatchAugment(views[0], resolution, seed=seed)(view_a)

@@ -1,0 +1,124 @@
+"""Loader start-up benchmark: what a new FFCV loader costs before its first batch, by flip op.
+
+Every process that builds an FFCV loader (each training worker, the online probe, every
+evaluation) compiles the loader's pipeline with numba on its first batch. This measures that
+cost for the same pipeline (random-resized crop decoder, horizontal flip p 0.5, ToTensor,
+ToTorchImage; CIFAR-10 test split, 32 px, batch 256) with each flip operation:
+  - ffcv: FFCV 1.0.2's RandomHorizontalFlip, generated and compiled per loader;
+  - harness: harness.data.ffcv_flip.HorizontalFlip, a seeded op whose kernel numba caches on
+    disk;
+  - none: the decoder alone (what the flip adds is the difference).
+Each measurement is a fresh Python process (imports done before the clock starts), so nothing
+compiled by an earlier loader is reused; the variants take turns round by round so that load on
+the machine hits them alike. Round 0 starts from an empty numba cache (the first process on a
+machine or in a fresh clone), later rounds from the cache round 0 left. Reported: CPU seconds
+(user + system, all threads) and wall seconds from building the loader to its first batch,
+the median over the warm rounds, and round 0 apart. Run from the repository root:
+
+    .venv/bin/python benchmarks/loader_startup.py [--datasets ../shared/datasets] [--rounds 3]
+"""
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+from environment import load_average, machine, revision, versions
+
+VARIANTS = ("ffcv", "harness", "none")
+
+# Runs in a fresh interpreter: argv[1] = .beton, argv[2] = variant. Prints one JSON line.
+_CHILD = r"""
+import json, resource, sys, time
+import numpy as np
+from ffcv.fields.rgb_image import RandomResizedCropRGBImageDecoder
+from ffcv.fields.basics import IntDecoder
+from ffcv.loader import Loader, OrderOption
+from ffcv.transforms import RandomHorizontalFlip, ToTensor, ToTorchImage
+from harness.data.ffcv_flip import HorizontalFlip
+
+def cpu():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+path, variant = sys.argv[1], sys.argv[2]
+flip = {"ffcv": [RandomHorizontalFlip(0.5)], "harness": [HorizontalFlip(0.5, seed=0)],
+        "none": []}[variant]
+c0, t0 = cpu(), time.perf_counter()
+loader = Loader(path, batch_size=256, num_workers=2, order=OrderOption.RANDOM,
+                pipelines={"image": [RandomResizedCropRGBImageDecoder((32, 32))] + flip
+                           + [ToTensor(), ToTorchImage()], "label": [IntDecoder()]})
+batch = next(iter(loader))
+print(json.dumps({"cpu": cpu() - c0, "wall": time.perf_counter() - t0}))
+"""
+
+
+def prepared_cifar(datasets: Path, work: Path) -> Path:
+    """CIFAR-10's test split (10,000 images) through `harness prep`, raw pixels."""
+    from data_prep import prepare
+
+    folder = work / "cifar10"
+    with tarfile.open(datasets / "cifar10" / "test.tar.gz") as tar:
+        tar.extractall(folder, filter="data")
+    inner = [p for p in folder.iterdir() if p.is_dir()]
+    source = inner[0] if len(inner) == 1 and not (folder / "test").is_dir() else folder
+    out = work / "prepared"
+    prepare(str(source), out, write_mode="raw", num_workers=os.cpu_count(), progress=False)
+    return out / "test.beton"
+
+
+def measure(beton: Path, variant: str, cache: Path) -> dict:
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(cache)}
+    done = subprocess.run([sys.executable, "-c", _CHILD, str(beton), variant], env=env,
+                          capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    repo = Path(__file__).resolve().parents[1]
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", type=Path,
+                        default=os.environ.get("BT_DATASETS", repo.parent / "shared" / "datasets"))
+    parser.add_argument("--rounds", type=int, default=3, help="warm rounds after round 0")
+    args = parser.parse_args()
+
+    load_before = load_average()
+    work = Path(tempfile.mkdtemp(prefix="bt-loader-startup-"))
+    try:
+        beton = prepared_cifar(Path(args.datasets), work)
+        cache = work / "numba-cache"  # empty: round 0 is a first process on a machine
+        rounds = {v: [] for v in VARIANTS}
+        for r in range(args.rounds + 1):
+            for variant in VARIANTS:
+                rounds[variant].append(measure(beton, variant, cache))
+            print(f"round {r}: " + ", ".join(f"{v} {rounds[v][-1]['cpu']:.1f} s CPU"
+                                              for v in VARIANTS), file=sys.stderr)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    print(f"\nLoader start-up, build to first batch: random-resized crop 32 px + flip, batch 256, "
+          f"2 FFCV threads; median of {args.rounds} warm rounds (round 0: empty numba cache)")
+    print(f"machine: {machine()}; load average before {load_before}, after {load_average()}")
+    print(f"versions: {versions()}; revision {revision()}\n")
+    print("| flip op | CPU s | wall s | CPU s, round 0 | wall s, round 0 | CPU vs FFCV's flip |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    base = statistics.median(m["cpu"] for m in rounds["ffcv"][1:])
+    for variant in VARIANTS:
+        warm = rounds[variant][1:]
+        cpu = statistics.median(m["cpu"] for m in warm)
+        wall = statistics.median(m["wall"] for m in warm)
+        first = rounds[variant][0]
+        print(f"| {variant} | {cpu:.1f} | {wall:.1f} | {first['cpu']:.1f} | {first['wall']:.1f} "
+              f"| {cpu / base:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
