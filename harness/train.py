@@ -32,7 +32,7 @@ import torch
 from data_prep import read_manifest, validation_part
 from harness.checkpoint import checkpoint_dir_name, load_state, save_state, write_export
 from harness.config import PretrainConfig
-from harness.data import beton_path, eval_loader, two_view_loader, view_grid
+from harness.data.prepared import beton_path
 from harness.model import BarlowTwins
 from harness.probe import OnlineProbe
 from harness.run_log import RunLog
@@ -83,6 +83,10 @@ class _Worker:
             torch.backends.cudnn.benchmark = True  # fixed input size: pick the fastest kernels
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank (DDP checks)
         self.run_dir = cfg.run.run_dir
+        # ffcv (about 5 s of CPU to import) only where loaders are built: Train's controller
+        # imports this module to unpickle train_loop and needs none of it.
+        from harness.data.loaders import eval_loader, two_view_loader
+        from harness.data.views import view_grid
 
         data_dir = Path(cfg.data.dir)
         manifest = read_manifest(data_dir)

@@ -12,8 +12,8 @@ from .augment import (CIFAR_VIEWS, IMAGENET_VIEWS, VIEW_PRESETS, BatchAugment, V
                       preset_views)
 
 _LAZY = {
-    "LabelledLoader": "loaders", "Normalization": "loaders", "TwoViewBatch": "loaders",
-    "TwoViewLoader": "loaders", "beton_path": "loaders", "dataset_normalization": "loaders",
+    "LabelledLoader": "loaders", "Normalization": "prepared", "TwoViewBatch": "loaders",
+    "TwoViewLoader": "loaders", "beton_path": "prepared", "dataset_normalization": "prepared",
     "default_center_crop_ratio": "loaders", "eval_loader": "loaders",
     "labelled_loader": "loaders", "two_view_loader": "loaders",
     "save_view_grid": "views", "view_grid": "views",

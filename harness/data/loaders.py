@@ -1,7 +1,7 @@
 """FFCV loaders: the two-view pretraining loader, the labelled training loader, the eval loader.
 
-Each stored image is decoded once per view by FFCV (random-resized crop and flip happen in the
-decoder, on FFCV's threads). The photometric augmentations run where they cost least: on a GPU
+Each stored image is decoded once per view by FFCV (the random-resized crop happens in the
+decoder, on FFCV's threads; the seeded flip right after, ffcv_flip.HorizontalFlip). The photometric augmentations run where they cost least: on a GPU
 as batched tensor ops after the uint8 batch's transfer (augment.BatchAugment), which leaves
 FFCV's CPU threads to decoding; on the CPU inside the FFCV pipeline as numba kernels on those
 threads (ffcv_augment.PhotometricAugment), several times faster there than eager tensor ops in
@@ -35,6 +35,7 @@ from ffcv.transforms import Squeeze, ToDevice, ToTensor, ToTorchImage
 from .augment import BatchAugment, ViewAugment, normalize
 from .ffcv_augment import PhotometricAugment
 from .ffcv_flip import HorizontalFlip
+from .prepared import Normalization, beton_path, dataset_normalization
 
 torch.set_num_threads(_TORCH_THREADS)
 
@@ -73,42 +74,6 @@ class TwoViewBatch(NamedTuple):
 def default_center_crop_ratio(resolution: int) -> float:
     """Resize-256 / crop-224 at ImageNet scale; small images (CIFAR, Tiny) are used whole."""
     return 1.0 if resolution <= 64 else 224 / 256
-
-
-def beton_path(data_dir: Path | str, split: str) -> Path:
-    """The .beton of one split of a `harness prep` output, with a clear error when absent.
-
-    data_prep.read_manifest does the checking: a folder without a manifest, or whose files no
-    longer match it, is not prepared (PrepError, saying to run `harness prep`).
-    """
-    from data_prep import read_manifest
-
-    data_dir = Path(data_dir)
-    splits = read_manifest(data_dir)["splits"]
-    if split not in splits:
-        raise ValueError(f"{data_dir} has no '{split}' split; it has: {', '.join(sorted(splits))}")
-    return data_dir / splits[split]["file"]
-
-
-class Normalization(NamedTuple):
-    mean: tuple[float, float, float]    # per RGB channel, of pixels in [0, 1]
-    std: tuple[float, float, float]
-
-
-def dataset_normalization(path: Path | str) -> Normalization:
-    """The mean and std that the images of the .beton at `path` are normalised with: those
-    `harness prep` measured on its data set's training images (train minus val; the
-    manifest's `normalization.of` says which), read from the manifest beside it.
-
-    Pretraining and every evaluation of a data set therefore agree. A backbone evaluated on
-    another data set (the transfer protocol, or an exported backbone later) is fed that data
-    set's images standardised by that data set's own statistics, not its pretraining set's:
-    the choice is made here, by reading the manifest of the data actually loaded.
-    """
-    from data_prep import read_manifest
-
-    stats = read_manifest(Path(path).parent)["normalization"]
-    return Normalization(tuple(stats["mean"]), tuple(stats["std"]))
 
 
 def _device(device: str | torch.device | None) -> torch.device:

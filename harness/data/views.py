@@ -10,7 +10,8 @@ from ffcv.pipeline import PipelineSpec
 from torchvision.utils import make_grid, save_image
 
 from .augment import VIEW_PRESETS, BatchAugment, ViewAugment, preset_views
-from .loaders import _LoaderSpec, beton_path
+from .loaders import _LoaderSpec
+from .prepared import beton_path
 
 __all__ = ["view_grid", "save_view_grid", "preset_views", "VIEW_PRESETS"]
 
