@@ -115,6 +115,15 @@ def test_killed_worker_is_replaced_and_the_run_finishes(killed_run):
     assert metrics[1]["lr/weights"] == pytest.approx(_lr(9, 3, cfg))
 
 
+def test_a_local_run_starts_no_preemption_watcher(killed_run):
+    """Train's PreemptionWatcher watches cloud nodes for spot-reclaim notices: on a local
+    instance it would only be one more actor process to start per run."""
+    from ray.util.state import list_actors
+
+    assert list_actors(filters=[("class_name", "=", "TrainController")])  # the API sees Train
+    assert list_actors(filters=[("class_name", "=", "PreemptionWatcher")]) == []
+
+
 def test_loss_falls(killed_run):
     # Three short epochs of 16 px crops: the loss falls, though not always every epoch (a
     # throttled run saw 7.59, 5.86, 6.61; runs of the suite differ in the last digits).
