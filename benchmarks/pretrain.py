@@ -43,11 +43,10 @@ from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 from data_prep import prepare  # noqa: E402
 from harness.config import PretrainConfig, load_config  # noqa: E402
 from harness.data import beton_path, two_view_loader  # noqa: E402
-from harness.loss import BarlowTwinsLoss  # noqa: E402
 from harness.optim import apply_lr_schedule  # noqa: E402
 from harness.pretrain import pretrain, provenance  # noqa: E402
 from harness.run_log import read_metrics  # noqa: E402
-from harness.step import build_model, build_optimizer  # noqa: E402
+from harness.step import build_loss, build_model, build_optimizer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -78,7 +77,7 @@ def bare_worker(rank: int, world: int, init_file: str, config: dict, out: str) -
     if world > 1:
         model = DistributedDataParallel(model)
     optimizer = build_optimizer(model, cfg)
-    loss_fn = BarlowTwinsLoss(lambd=cfg.loss.lambd, scale=cfg.loss.scale)
+    loss_fn = build_loss(cfg)
     steps = len(loader)
     step, epochs = 0, []
     for _ in range(cfg.epochs):

@@ -100,7 +100,7 @@ def export_checkpoint(checkpoint: Path | str, out: Path | str) -> Path:
         checkpoint = newest
     state = load_state(checkpoint)
     m = state["config"]["model"]
-    model = BarlowTwins.from_arch(m["arch"], m["projector"], small_image_stem=m["small_image_stem"])
+    model = BarlowTwins.from_model_config(m)
     model.load_state_dict(state["model"])
     return write_export(model, state["config"], out, step=state["step"], epoch=state["epoch"],
                         source=str(checkpoint.resolve()))

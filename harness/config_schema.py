@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 import yaml
 
 from harness.data import VIEW_PRESETS, ViewAugment
+from harness.loss import NORMALIZE, TERMS
 from harness.model import ARCHS, parse_projector
 from harness.optim import LARS_VARIANTS, LR_SCALING
 
@@ -158,6 +159,7 @@ class ModelConfig(_Section):
     arch: str = "resnet50"
     small_image_stem: bool = False             # 3x3 stride-1 conv, no max-pool: 32-64 px images
     projector: str = "8192-8192-8192"          # dash-separated layer widths, as in the paper
+    projector_bn: bool = True                  # false: the paper's "no BN in MLP" ablation
 
     def __post_init__(self):
         self._check_types()
@@ -174,10 +176,18 @@ class LossConfig(_Section):
     SECTION: ClassVar[str] = "loss"
     lambd: float = 0.0051                      # the authors' code; the paper says 5e-3
     scale: float = 1.0                         # solo-learn's CIFAR recipe: 0.1
+    # The paper's loss ablations (harness.loss): both | invariance | redundancy, and
+    # batch (the method) | feature | none
+    terms: str = "both"
+    normalize: str = "batch"
 
     def __post_init__(self):
         self._check_types()
         _positive(self, "lambd", "scale")
+        for name, choices in (("terms", TERMS), ("normalize", NORMALIZE)):
+            if getattr(self, name) not in choices:
+                _fail(self._key(name), f"{getattr(self, name)!r} is not one of: "
+                      f"{', '.join(choices)}")
 
 
 @dataclass(frozen=True)

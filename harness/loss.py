@@ -29,7 +29,12 @@ import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
 from torch import Tensor, nn
 
-__all__ = ["BN_EPS", "LossParts", "cross_correlation", "BarlowTwinsLoss"]
+__all__ = ["BN_EPS", "NORMALIZE", "TERMS", "LossParts", "cross_correlation", "BarlowTwinsLoss"]
+
+# The paper's loss ablations (Section 4, "loss function ablations"): which terms the loss keeps,
+# and along which axis z is standardised before the cross-correlation.
+TERMS = ("both", "invariance", "redundancy")
+NORMALIZE = ("batch", "feature", "none")
 
 # torch.nn.BatchNorm1d's default: the authors normalise with BatchNorm1d(D, affine=False).
 BN_EPS = 1e-5
@@ -61,23 +66,35 @@ def _sum_over_workers(t: Tensor) -> Tensor:
     return t
 
 
-def cross_correlation(z_a: Tensor, z_b: Tensor, eps: float = BN_EPS) -> Tensor:
+def cross_correlation(z_a: Tensor, z_b: Tensor, eps: float = BN_EPS,
+                      normalize: str = "batch") -> Tensor:
     """D x D cross-correlation of two views' projector outputs over the global batch.
 
     z_a, z_b: (n_local, D) raw projector outputs of the same images under two augmentations.
-    Each column is standardised with the global batch mean and biased variance (BatchNorm
-    semantics), then C = z_a_norm^T z_b_norm / N_global. Computed in float32 (or float64 if
-    given) with autocast off: a D x D sum of N products loses too much in half precision.
+    normalize="batch" (the method): each column is standardised with the global batch mean and
+    biased variance (BatchNorm semantics). "feature": each row (one image's embedding) is
+    standardised along its D features instead, mean 0 and biased variance 1, the same
+    operation on the other axis (needs no statistics from other workers). "none": z as it is.
+    Then C = z_a_norm^T z_b_norm / N_global. Computed in float32 (or float64 if given) with
+    autocast off: a D x D sum of N products loses too much in half precision.
     """
+    if normalize not in NORMALIZE:
+        raise ValueError(f"normalize={normalize!r}: choose one of {', '.join(NORMALIZE)}")
     if z_a.ndim != 2 or z_a.shape != z_b.shape:
         raise ValueError(f"z_a and z_b must both be (batch, dim) of one shape, got "
                          f"{tuple(z_a.shape)} and {tuple(z_b.shape)}")
-    if z_a.shape[0] < 2 and _world_size() == 1:
+    if z_a.shape[0] < 2 and _world_size() == 1 and normalize == "batch":
         raise ValueError(f"batch-normalising needs at least 2 samples, got {z_a.shape[0]}")
     dtype = torch.promote_types(z_a.dtype, torch.float32)
     with torch.autocast(device_type=z_a.device.type, enabled=False):
         # Both views stacked so that each statistic costs one collective, not two.
         z = torch.stack((z_a, z_b)).to(dtype)  # (2, n_local, D)
+        if normalize != "batch":
+            n = _sum_over_workers(z.new_tensor(float(z.shape[1])))
+            if normalize == "feature":
+                centred = z - z.mean(dim=2, keepdim=True)
+                z = centred * torch.rsqrt(centred.square().mean(dim=2, keepdim=True) + eps)
+            return _sum_over_workers(z[0].T @ z[1] / n)
         dim = z.shape[2]
         # The local count travels with the sums: shards may differ in size (last batch).
         sums = _sum_over_workers(torch.cat((z.sum(dim=1).flatten(), z.new_tensor([z.shape[1]]))))
@@ -100,14 +117,24 @@ def _off_diagonal(c: Tensor) -> Tensor:
 class BarlowTwinsLoss(nn.Module):
     """scale * (sum_i (1 - C_ii)^2 + lambd * sum_{i!=j} C_ij^2), C from `cross_correlation`.
 
+    terms="invariance" keeps only the first term (scale * sum_i (1 - C_ii)^2), "redundancy"
+    only the second (scale * lambd * sum_{i!=j} C_ij^2): the paper's loss-term ablations.
+    normalize: how z is standardised before C (cross_correlation); "batch" is the method.
+    Both parts are computed and reported whichever terms the loss keeps.
+
     lambd: 0.0051 in the authors' code (the paper says 5e-3). scale: 1 for the paper's recipe,
     0.1 in solo-learn's CIFAR recipe; it only rescales the gradient (LARS is mostly invariant to
     it, plain SGD is not). The loss is a sum over a D x D matrix, so it grows with D: about 1e4 at
     D = 8192 early in training is normal.
     """
 
-    def __init__(self, lambd: float = 0.0051, scale: float = 1.0, eps: float = BN_EPS):
+    def __init__(self, lambd: float = 0.0051, scale: float = 1.0, eps: float = BN_EPS,
+                 terms: str = "both", normalize: str = "batch"):
         super().__init__()
+        if terms not in TERMS:
+            raise ValueError(f"terms={terms!r}: choose one of {', '.join(TERMS)}")
+        if normalize not in NORMALIZE:
+            raise ValueError(f"normalize={normalize!r}: choose one of {', '.join(NORMALIZE)}")
         if not lambd > 0:
             raise ValueError(f"lambd must be > 0 (the paper uses 0.0051), got {lambd}")
         if not scale > 0:
@@ -117,13 +144,17 @@ class BarlowTwinsLoss(nn.Module):
         self.lambd = float(lambd)
         self.scale = float(scale)
         self.eps = float(eps)
+        self.terms, self.normalize = terms, normalize
 
     def forward(self, z_a: Tensor, z_b: Tensor) -> LossParts:
-        c = cross_correlation(z_a, z_b, self.eps)
+        c = cross_correlation(z_a, z_b, self.eps, self.normalize)
         on_diag = (1 - torch.diagonal(c)).square().sum()
         off_diag = _off_diagonal(c).square().sum()
-        total = self.scale * (on_diag + self.lambd * off_diag)
+        kept = {"both": on_diag + self.lambd * off_diag, "invariance": on_diag,
+                "redundancy": self.lambd * off_diag}[self.terms]
+        total = self.scale * kept
         return LossParts(total=total, on_diag=on_diag, off_diag=off_diag)
 
     def extra_repr(self) -> str:
-        return f"lambd={self.lambd}, scale={self.scale}, eps={self.eps}"
+        return (f"lambd={self.lambd}, scale={self.scale}, eps={self.eps}, terms={self.terms}, "
+                f"normalize={self.normalize}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import torchvision
@@ -71,10 +71,12 @@ def parse_projector(spec: str) -> list[int]:
     return widths
 
 
-def build_projector(in_dim: int, spec: str | Sequence[int]) -> nn.Sequential:
+def build_projector(in_dim: int, spec: str | Sequence[int], batchnorm: bool = True) -> nn.Sequential:
     """Linear(bias=False)-BN-ReLU for every layer but the last, then a bare Linear(bias=False).
 
     The authors' layout. The last layer has no BN here because the loss standardises z itself.
+    batchnorm=False drops the hidden layers' BN and nothing else (the paper's "no BN in MLP"
+    ablation): Linear(bias=False)-ReLU.
     """
     widths = parse_projector(spec) if isinstance(spec, str) else list(spec)
     if in_dim < 1 or not widths or min(widths) < 1:
@@ -83,7 +85,10 @@ def build_projector(in_dim: int, spec: str | Sequence[int]) -> nn.Sequential:
     layers: list[nn.Module] = []
     for d_in, d_out in zip(sizes[:-2], sizes[1:-1]):
         # No bias: the BN that follows would cancel it.
-        layers += [nn.Linear(d_in, d_out, bias=False), nn.BatchNorm1d(d_out), nn.ReLU(inplace=True)]
+        layers.append(nn.Linear(d_in, d_out, bias=False))
+        if batchnorm:
+            layers.append(nn.BatchNorm1d(d_out))
+        layers.append(nn.ReLU(inplace=True))
     layers.append(nn.Linear(sizes[-2], sizes[-1], bias=False))
     return nn.Sequential(*layers)
 
@@ -102,17 +107,26 @@ class BarlowTwins(nn.Module):
     its own BN statistics, as in the authors' code, then feeds the two z to BarlowTwinsLoss.
     """
 
-    def __init__(self, backbone: nn.Module, feature_dim: int, projector: str | Sequence[int]):
+    def __init__(self, backbone: nn.Module, feature_dim: int, projector: str | Sequence[int],
+                 projector_bn: bool = True):
         super().__init__()
         self.backbone = backbone
         self.feature_dim = feature_dim
-        self.projector = build_projector(feature_dim, projector)
+        self.projector = build_projector(feature_dim, projector, batchnorm=projector_bn)
         self.embedding_dim = self.projector[-1].out_features
 
     @classmethod
-    def from_arch(cls, arch: str, projector: str, small_image_stem: bool = False) -> BarlowTwins:
+    def from_arch(cls, arch: str, projector: str, small_image_stem: bool = False,
+                  projector_bn: bool = True) -> BarlowTwins:
         backbone, feature_dim = build_backbone(arch, small_image_stem)
-        return cls(backbone, feature_dim, projector)
+        return cls(backbone, feature_dim, projector, projector_bn)
+
+    @classmethod
+    def from_model_config(cls, m: Mapping) -> BarlowTwins:
+        """The network a `model:` config section describes, as a run's config or a checkpoint
+        stores it (checkpoints written before `projector_bn` existed had BN: the default)."""
+        return cls.from_arch(m["arch"], m["projector"], small_image_stem=m["small_image_stem"],
+                             projector_bn=m.get("projector_bn", True))
 
     def forward(self, x: Tensor) -> TwinOutput:
         features = self.backbone(x)

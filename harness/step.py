@@ -14,6 +14,7 @@ global batch).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from typing import NamedTuple
 
 import torch
@@ -24,7 +25,7 @@ from harness.loss import BarlowTwinsLoss
 from harness.model import BarlowTwins, convert_sync_batchnorm
 from harness.optim import LARS, apply_lr_schedule, param_groups, scaled_lr
 
-__all__ = ["autocast_for", "build_model", "build_optimizer", "StepResult", "TwinStep"]
+__all__ = ["autocast_for", "build_model", "build_loss", "build_optimizer", "StepResult", "TwinStep"]
 
 
 def autocast_for(device: torch.device):
@@ -37,8 +38,7 @@ def autocast_for(device: torch.device):
 def build_model(cfg: PretrainConfig, *, world_size: int, device: torch.device,
                 state: dict | None = None) -> nn.Module:
     """The unwrapped twin network on `device`, weights from a checkpoint's state if given."""
-    m = cfg.model
-    model = BarlowTwins.from_arch(m.arch, m.projector, small_image_stem=m.small_image_stem)
+    model = BarlowTwins.from_model_config(dataclasses.asdict(cfg.model))
     if state:
         model.load_state_dict(state["model"])
     if world_size > 1 and device.type == "cuda":
@@ -48,6 +48,12 @@ def build_model(cfg: PretrainConfig, *, world_size: int, device: torch.device,
         # Convolutions in NHWC run on tensor cores without layout transposes.
         model = model.to(memory_format=torch.channels_last)
     return model
+
+
+def build_loss(cfg: PretrainConfig) -> BarlowTwinsLoss:
+    """The loss a config describes: lambda, scale, which terms, which normalisation."""
+    c = cfg.loss
+    return BarlowTwinsLoss(lambd=c.lambd, scale=c.scale, terms=c.terms, normalize=c.normalize)
 
 
 def build_optimizer(model: nn.Module, cfg: PretrainConfig) -> LARS:
@@ -81,7 +87,7 @@ class TwinStep:
     def __init__(self, model: nn.Module, optimizer: LARS, cfg: PretrainConfig, *,
                  steps_per_epoch: int, device: torch.device, probe=None):
         self.model, self.optimizer, self.probe, self.device = model, optimizer, probe, device
-        self.loss_fn = BarlowTwinsLoss(lambd=cfg.loss.lambd, scale=cfg.loss.scale)
+        self.loss_fn = build_loss(cfg)
         self.total_steps = cfg.epochs * steps_per_epoch
         self.warmup_steps = cfg.warmup_epochs * steps_per_epoch
         self.end_factor = cfg.optimizer.end_lr_factor

@@ -34,6 +34,52 @@ def reference_loss(z_a, z_b, lambd, scale):
     return scale * (on_diag + lambd * off_diag), on_diag, off_diag
 
 
+def reference_ablation_loss(z_a, z_b, lambd, scale, terms, normalize):
+    """The paper's loss ablations written out element by element: standardise each column
+    (batch), each row (feature: one image's D values, mean 0, biased std 1) or nothing (none);
+    C_ij = sum_b a_bi b_bj / N; keep both terms, the invariance term or the redundancy one."""
+    z_a, z_b = z_a.double(), z_b.double()
+    n, d = z_a.shape
+
+    def standardise(z):
+        if normalize == "batch":
+            return (z - z.mean(0)) / z.std(0, unbiased=False)
+        if normalize == "feature":
+            rows = [(z[b] - z[b].mean()) / z[b].std(unbiased=False) for b in range(n)]
+            return torch.stack(rows)
+        return z
+
+    a, b = standardise(z_a), standardise(z_b)
+    c = [[sum(a[k, i] * b[k, j] for k in range(n)) / n for j in range(d)] for i in range(d)]
+    on_diag = sum((1 - c[i][i]) ** 2 for i in range(d))
+    off_diag = sum(c[i][j] ** 2 for i in range(d) for j in range(d) if i != j)
+    kept = {"both": on_diag + lambd * off_diag, "invariance": on_diag,
+            "redundancy": lambd * off_diag}[terms]
+    return scale * kept, on_diag, off_diag
+
+
+@pytest.mark.parametrize("terms", ["both", "invariance", "redundancy"])
+@pytest.mark.parametrize("normalize", ["batch", "feature", "none"])
+def test_ablations_match_their_formula(terms, normalize):
+    z_a, z_b = random_views(n=7, d=5)
+    parts = BarlowTwinsLoss(lambd=0.02, scale=0.5, eps=0.0, terms=terms,
+                            normalize=normalize)(z_a, z_b)
+    total, on_diag, off_diag = reference_ablation_loss(z_a, z_b, 0.02, 0.5, terms, normalize)
+    torch.testing.assert_close(parts.total, total, rtol=1e-10, atol=0)
+    torch.testing.assert_close(parts.on_diag, on_diag, rtol=1e-10, atol=0)
+    torch.testing.assert_close(parts.off_diag, off_diag, rtol=1e-10, atol=0)
+
+
+def test_each_ablation_trains_only_its_terms():
+    """The gradient of the invariance-only loss is that of the on-diagonal term alone, and the
+    redundancy-only one that of lambda times the off-diagonal term: nothing else leaks in."""
+    z_a, z_b = (z.requires_grad_() for z in random_views())
+    for terms, pick in (("invariance", lambda p: p.on_diag), ("redundancy", lambda p: 0.02 * p.off_diag)):
+        ours = torch.autograd.grad(BarlowTwinsLoss(0.02, eps=0.0, terms=terms)(z_a, z_b).total, z_a)
+        ref = torch.autograd.grad(pick(BarlowTwinsLoss(0.02, eps=0.0)(z_a, z_b)), z_a)
+        torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-14)
+
+
 @pytest.mark.parametrize("lambd, scale", [(0.0051, 1.0), (0.02, 0.1), (1.0, 2.5)])
 def test_matches_paper_formula(lambd, scale):
     z_a, z_b = random_views()
@@ -144,7 +190,7 @@ def global_views():
     return x + 0.3 * torch.randn(x.shape, generator=g, dtype=x.dtype), x * 1.5 - 0.2
 
 
-def _ddp_worker(rank, init_file, out_dir):
+def _ddp_worker(rank, init_file, out_dir, normalize="batch"):
     # Keep gloo on the loopback interface: nothing but 127.0.0.1 is used.
     loopback = next((name for _, name in socket.if_nameindex() if name.startswith("lo")), None)
     if loopback is not None:
@@ -158,7 +204,8 @@ def _ddp_worker(rank, init_file, out_dir):
         start = sum(SHARDS[:rank])
         shard = slice(start, start + SHARDS[rank])
         # Two forwards (one per view), one backward: exactly how the trainer drives it.
-        parts = BarlowTwinsLoss(lambd=LAMBD)(ddp(x_a[shard]).z, ddp(x_b[shard]).z)
+        parts = BarlowTwinsLoss(lambd=LAMBD, normalize=normalize)(ddp(x_a[shard]).z,
+                                                                 ddp(x_b[shard]).z)
         parts.total.backward()
         grads = {name: p.grad.clone() for name, p in model.named_parameters()}
         torch.save({"loss": parts.total.detach(), "grads": grads}, f"{out_dir}/rank{rank}.pt")
@@ -166,14 +213,15 @@ def _ddp_worker(rank, init_file, out_dir):
         dist.destroy_process_group()
 
 
-def test_ddp_loss_and_gradients_equal_single_process_on_global_batch(tmp_path):
+@pytest.mark.parametrize("normalize", ["batch", "feature"])
+def test_ddp_loss_and_gradients_equal_single_process_on_global_batch(tmp_path, normalize):
     model = tiny_model()
     x_a, x_b = global_views()
-    expected = BarlowTwinsLoss(lambd=LAMBD)(model(x_a).z, model(x_b).z).total
+    expected = BarlowTwinsLoss(lambd=LAMBD, normalize=normalize)(model(x_a).z, model(x_b).z).total
     expected.backward()
 
-    mp.spawn(_ddp_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=len(SHARDS),
-             join=True)
+    mp.spawn(_ddp_worker, args=(str(tmp_path / "init"), str(tmp_path), normalize),
+             nprocs=len(SHARDS), join=True)
 
     for rank in range(len(SHARDS)):
         result = torch.load(tmp_path / f"rank{rank}.pt")

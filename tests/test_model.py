@@ -90,6 +90,24 @@ def test_projector_layout_matches_authors():
     assert all(m.bias is None for m in linears)
 
 
+def test_projector_without_batchnorm_drops_only_the_batchnorm():
+    """The paper's "no BN in MLP": the same Linear(bias=False) layers and ReLUs, no BN."""
+    proj = build_projector(16, "8-8-4", batchnorm=False)
+    assert [type(m) for m in proj] == [nn.Linear, nn.ReLU, nn.Linear, nn.ReLU, nn.Linear]
+    linears = [m for m in proj if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(16, 8), (8, 8), (8, 4)]
+    assert all(m.bias is None for m in linears)
+
+
+def test_a_stored_model_config_without_projector_bn_has_batchnorm():
+    """Checkpoints written before model.projector_bn existed load as what they were."""
+    old = {"arch": "resnet18", "projector": "8-4", "small_image_stem": True}
+    assert any(isinstance(m, nn.BatchNorm1d) for m in BarlowTwins.from_model_config(old).projector)
+    new = {**old, "projector_bn": False}
+    assert not any(isinstance(m, nn.BatchNorm1d)
+                   for m in BarlowTwins.from_model_config(new).projector)
+
+
 @pytest.mark.parametrize("arch, builder", [("resnet18", torchvision.models.resnet18),
                                            ("resnet50", torchvision.models.resnet50)])
 def test_backbone_state_dict_loads_into_torchvision(arch, builder):

@@ -62,7 +62,7 @@ def _from_state(path: Path) -> Backbone:
     m = cfg["model"]
     if m["arch"] not in ARCHS:
         raise ValueError(f"{path}: unknown architecture {m['arch']!r} in its config")
-    twins = BarlowTwins.from_arch(m["arch"], m["projector"], small_image_stem=m["small_image_stem"])
+    twins = BarlowTwins.from_model_config(m)
     _load_strict(twins, state["model"], m["arch"], path)
     return Backbone(twins.backbone, twins.feature_dim, m["arch"], m["small_image_stem"],
                     cfg["data"]["resolution"], "pretrained", str(path), state["epoch"],
