@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 from harness.ray_runtime import start_ray  # first: sets Ray's environment before `import ray`
@@ -26,7 +25,7 @@ from ray.train.torch import TorchTrainer  # noqa: E402
 
 from harness.checkpoint import latest_checkpoint  # noqa: E402
 from harness.config import ConfigError, PretrainConfig, load_config  # noqa: E402
-from harness.provenance import record_provenance  # noqa: E402
+from harness.provenance import record_provenance, usable_cpus  # noqa: E402
 from harness.run_log import read_divergence  # noqa: E402
 from harness.train import train_loop  # noqa: E402
 
@@ -52,7 +51,7 @@ def check_resume(cfg: PretrainConfig) -> Path | None:
 def check_local_resources(cfg: PretrainConfig) -> None:
     """A local Ray instance would wait forever for resources this machine does not have."""
     w = cfg.workers
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cpus = usable_cpus()
     if w.num_workers * w.cpus_per_worker > cpus:
         raise ConfigError(f"workers.num_workers: {w.num_workers} workers x {w.cpus_per_worker} "
                           f"CPUs need {w.num_workers * w.cpus_per_worker} CPUs, this machine has "

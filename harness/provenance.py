@@ -7,7 +7,8 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-__all__ = ["DISTRIBUTIONS", "library_versions", "git_revision", "hardware", "record_provenance"]
+__all__ = ["DISTRIBUTIONS", "library_versions", "git_revision", "hardware", "record_provenance",
+           "usable_cpus"]
 
 DISTRIBUTIONS = ("torch", "torchvision", "ray", "ffcv", "numpy", "numba", "pillow")
 _REPO = Path(__file__).resolve().parents[1]
@@ -45,8 +46,16 @@ def _gpu_names() -> list[str]:
     return [line.strip() for line in out.stdout.splitlines() if line.strip()]
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask, which a container or taskset
+    narrows), not the machine's count."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def hardware() -> dict:
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cpus = usable_cpus()
     return {"machine": platform.machine(), "processor": platform.processor() or None,
             "cpus": cpus, "gpus": _gpu_names(), "host": platform.node()}
 

@@ -42,7 +42,7 @@ from harness.config import ConfigError, PretrainConfig  # noqa: E402
 from harness.evaluation.remote import evaluate_in_ray  # noqa: E402
 from harness.evaluation.settings import EvalSettings  # noqa: E402
 from harness.pretrain import build_trainer, check_local_resources, record_launch  # noqa: E402
-from harness.provenance import record_provenance  # noqa: E402
+from harness.provenance import record_provenance, usable_cpus  # noqa: E402
 from harness.results import (read_baselines, read_json, read_trials, trial_dir,  # noqa: E402
                              train_from_metrics, write_baseline, write_sweep, write_trial)
 from harness.run_log import read_divergence, read_metrics  # noqa: E402
@@ -158,7 +158,7 @@ def _check_existing(sweep: SweepConfig, resume: bool) -> dict[str, str]:
 
 
 def _local_concurrency(sweep: SweepConfig) -> int:
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cpus = usable_cpus()
     w = sweep.trials[0].config.workers
     per_trial = w.num_workers * w.cpus_per_worker
     return max(1, min(sweep.max_concurrent_trials, cpus // per_trial))

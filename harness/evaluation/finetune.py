@@ -10,7 +10,6 @@ validation list), every image every epoch. Evaluated on val and test (centre cro
 from __future__ import annotations
 
 import copy
-import math
 from collections import Counter
 
 import torch
@@ -22,6 +21,7 @@ from harness.evaluation.data import EvalData, indices_digest
 from harness.evaluation.features import extract_features
 from harness.evaluation.linear import even_batch, split_metrics
 from harness.evaluation.settings import EvalSettings
+from harness.optim import lr_at
 from harness.step import autocast_for
 
 __all__ = ["finetune"]
@@ -57,9 +57,9 @@ def finetune(backbone: nn.Module, feature_dim: int, data: EvalData, subset: str,
     model.train()
     for epoch in range(s.semi_epochs):
         for images, labels in loader:
-            factor = 0.5 * (1 + math.cos(math.pi * step / total))
-            for group, lr in zip(optimizer.param_groups, lrs):
-                group["lr"] = lr * factor
+            for group, lr in zip(optimizer.param_groups, lrs):  # per-step cosine to 0
+                group["lr"] = lr_at(step, total_steps=total, warmup_steps=0, base_lr=lr,
+                                    end_factor=0.0)
             with autocast_for(device):
                 features = model(images)
             loss = F.cross_entropy(head(features.float()), labels)

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from harness.data import labelled_loader
 from harness.evaluation.features import topk_correct
 from harness.evaluation.settings import EvalSettings
+from harness.optim import lr_at
 from harness.step import autocast_for
 
 __all__ = ["fit_logistic", "linear_fast", "linear_paper", "split_metrics", "even_batch",
@@ -123,8 +124,9 @@ def linear_paper(backbone: nn.Module, feature_dim: int, data, evaluated: dict, *
     step = 0
     for _ in range(s.linear_epochs):
         for images, labels in loader:
-            for group in optimizer.param_groups:  # per-step cosine to 0
-                group["lr"] = s.linear_lr * 0.5 * (1 + math.cos(math.pi * step / total))
+            for group in optimizer.param_groups:  # per-step cosine to 0, no warm-up
+                group["lr"] = lr_at(step, total_steps=total, warmup_steps=0,
+                                    base_lr=s.linear_lr, end_factor=0.0)
             with torch.no_grad(), autocast_for(device):
                 features = backbone(images)
             loss = F.cross_entropy(head(features.float()), labels)
