@@ -1,6 +1,6 @@
 """`harness` command line: one subcommand per job.
 
-prep, views, pretrain, export, eval, sweep, report.
+prep, stage, views, pretrain, export, eval, sweep, report.
 """
 
 import argparse
@@ -118,6 +118,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="rewrite even if up to date")
     p.set_defaults(func=_prep)
 
+    p = sub.add_parser("stage", help="copy prepared data sets from a bucket (s3://...) or a "
+                                     "shared folder to this node's disk")
+    p.add_argument("source", help="a prepared data set, or a folder of them: a path or a URI "
+                                  "pyarrow.fs opens (s3://bucket/prefix, gs://, file://)")
+    p.add_argument("--to", required=True, metavar="DIR",
+                   help="local folder; each data set goes to DIR/<name>")
+    p.add_argument("--only", nargs="+", metavar="NAME", default=None,
+                   help="stage only these data sets (folder names at SOURCE)")
+    p.set_defaults(func=_stage)
+
     p = sub.add_parser("views", help="write a PNG grid of (original, view A, view B)")
     p.add_argument("data_dir", help="a folder written by `harness prep`")
     p.add_argument("--out", default=None, help="PNG path (default DATA_DIR/views_<split>.png)")
@@ -195,6 +205,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="report folder (default RUN_DIR/report; rewritten)")
     p.set_defaults(func=_report)
     return parser
+
+
+def _stage(args: argparse.Namespace) -> int:
+    from data_prep.stage import stage
+
+    for r in stage(args.source, args.to, only=args.only):
+        state = "staged" if r.copied else "up to date"
+        print(f"harness stage: {r.name} {state} in {r.path} ({r.bytes / 1e6:.1f} MB)")
+    return 0
 
 
 def _pretrain(args: argparse.Namespace) -> int:

@@ -17,6 +17,7 @@ Only the resources of the nodes alive now count: workers the autoscaler could st
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 from harness.ray_runtime import start_ray  # noqa: F401  (first: Ray's environment before `import ray`)
 
@@ -92,8 +93,11 @@ def _write_probe(node: str, data_dirs: list[str], storage_path: str, token: str)
         try:
             read_manifest(data_dir)
         except ValueError as err:     # PrepError: no manifest, unreadable, files missing
-            problems.append(f"{_node_name(node)}: {err}. Stage the data on every node "
-                            "(scripts/stage_data.sh, run by cluster.yaml's setup commands)")
+            name = Path(data_dir).name
+            problems.append(f"{_node_name(node)}: {err}. Stage '{name}' on every node: "
+                            f"`harness stage s3://YOUR-BUCKET/barlow-harness/data --to "
+                            f"{Path(data_dir).parent} --only {name}` (cluster.yaml runs "
+                            "`harness stage` as each node is set up)")
     try:
         fs, folder = _probe_folder(storage_path, token)
         fs.create_dir(folder, recursive=True)

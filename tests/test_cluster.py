@@ -65,7 +65,7 @@ def test_cluster_file_passes_ray_validation(path):
     assert len(gpu_types) >= 2 and all(nodes[n]["max_workers"] >= 1 for n in gpu_types)
     commands = "\n".join(config["setup_commands"] + config["head_start_ray_commands"])
     # The project and its pinned Ray from constraints.txt, FFCV's native libraries, the data.
-    for needed in ("scripts/setup.sh", "libopencv-dev", "libturbojpeg0-dev", "stage_data.sh",
+    for needed in ("scripts/setup.sh", "libopencv-dev", "libturbojpeg0-dev", "harness stage",
                    "--dashboard-host=127.0.0.1"):
         assert needed in commands, needed
     assert f"ray=={ray.__version__}" in (REPO / "constraints.txt").read_text().splitlines()
@@ -132,7 +132,8 @@ class TestCheckCluster:
                           storage_path=str(tmp_path / "runs"))
         message = str(err.value)
         assert f"{tmp_path / 'nope'} is not a prepared data set" in message
-        assert "node 127.0.0.1" in message and "stage_data.sh" in message
+        assert "node 127.0.0.1" in message and "harness stage" in message
+        assert f"--to {tmp_path} --only nope" in message
         assert str(prepared) not in message.replace(str(tmp_path / "nope"), "")
 
     def test_too_many_gpus_and_cpus(self, prepared, tmp_path):
@@ -300,7 +301,7 @@ def test_aws_cluster_file_launches_against_moto(sandbox, tmp_path, prepared):
     assert tags["ray-node-type"] == "head" and tags["ray-user-node-type"] == "head"
     assert running[0]["InstanceType"] == "m5.2xlarge"
     # Set up: the checkout synced without git-ignored files, the data set staged to local disk.
-    assert (checkout / "scripts" / "stage_data.sh").is_file()
+    assert (checkout / "scripts" / "setup.sh").is_file()
     assert not list(checkout.rglob("__pycache__"))
     assert (checkout / "runs" / "main" / "data" / prepared.name / "manifest.json").is_file()
     assert sandbox.ray_processes(), "ray start --head did not leave Ray running on the head"
