@@ -1,6 +1,6 @@
 """`harness` command line: one subcommand per job.
 
-prep, stage, views, pretrain, export, eval, sweep, report.
+prep, stage, cluster init, views, pretrain, export, eval, sweep, report.
 """
 
 import argparse
@@ -128,6 +128,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stage only these data sets (folder names at SOURCE)")
     p.set_defaults(func=_stage)
 
+    p = sub.add_parser("cluster", help="cluster files for `ray up`")
+    cluster = p.add_subparsers(dest="cluster_command", required=True, metavar="init")
+    p = cluster.add_parser("init", help="write a ready cluster file: cluster.yaml with your "
+                                        "bucket, region and the region's pinned GPU AMI")
+    p.add_argument("--bucket", required=True, help="an S3 bucket of yours, in that region")
+    p.add_argument("--region", required=True, help="AWS region, e.g. us-west-2")
+    p.add_argument("--out", default=None, help="file to write (default cluster.REGION.yaml)")
+    p.set_defaults(func=_cluster)
+
     p = sub.add_parser("views", help="write a PNG grid of (original, view A, view B)")
     p.add_argument("data_dir", help="a folder written by `harness prep`")
     p.add_argument("--out", default=None, help="PNG path (default DATA_DIR/views_<split>.png)")
@@ -214,6 +223,11 @@ def _stage(args: argparse.Namespace) -> int:
         state = "staged" if r.copied else "up to date"
         print(f"harness stage: {r.name} {state} in {r.path} ({r.bytes / 1e6:.1f} MB)")
     return 0
+
+
+def _cluster(args: argparse.Namespace) -> int:
+    from harness.cluster_init import cluster_command
+    return cluster_command(args)
 
 
 def _pretrain(args: argparse.Namespace) -> int:
