@@ -193,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="a Ray Tune sweep of pretraining configs, each trial "
                                      "evaluated")
     p.add_argument("config", help="a sweep file, e.g. experiments/sweep_cifar10_demo.yaml")
+    p.add_argument("--verbose", action="store_true",
+                   help="also show the workers' output and Ray's own messages (by default "
+                        "they go to RUN_DIR/logs; the console shows one line per trial event)")
     p.add_argument("--resume", action="store_true",
                    help="continue the sweep in its folder (running the command again does too); "
                         "fails if there is none")

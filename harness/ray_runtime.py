@@ -65,7 +65,8 @@ def _local_env() -> dict[str, str]:
 
 
 def start_ray(address: str | None = None, *, num_cpus: int | None = None,
-              num_gpus: int | None = None, resources: dict[str, float] | None = None) -> bool:
+              num_gpus: int | None = None, resources: dict[str, float] | None = None,
+              log_to_driver: bool = True) -> bool:
     """Start (or join, with `address`) Ray for this process; True if this call started it.
 
     When Ray is already initialised in this process (a test module's instance, a sweep's
@@ -85,10 +86,11 @@ def start_ray(address: str | None = None, *, num_cpus: int | None = None,
         # waits forever; seen here).
         _start_local(dict(address="local", include_dashboard=True, dashboard_host="127.0.0.1",
                           num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
-                          runtime_env=runtime_env))
+                          runtime_env=runtime_env, log_to_driver=log_to_driver))
     else:
         env = {k: os.environ.get(k, v) for k, v in WORKER_ENV.items()}
-        ray.init(address=address, runtime_env={**runtime_env, "env_vars": env})
+        ray.init(address=address, runtime_env={**runtime_env, "env_vars": env},
+                 log_to_driver=log_to_driver)
     return True
 
 

@@ -47,6 +47,7 @@ from harness.results import (read_baselines, read_json, read_trials, trial_dir, 
                              train_from_metrics, write_baseline, write_sweep, write_trial)
 from harness.run_log import read_divergence, read_metrics  # noqa: E402
 from harness.sweep_config import SCHEDULER_METRICS, SweepConfig, load_sweep  # noqa: E402
+from harness.sweep_progress import SweepProgress  # noqa: E402
 from harness.sweep_storage import download, upload  # noqa: E402
 
 __all__ = ["run_sweep", "sweep_command", "run_trial", "SLOT", "FINISHED"]
@@ -173,6 +174,8 @@ def _trial_specs(sweep: SweepConfig, todo: list, address: str | None) -> list[di
 
 
 def _tuner(sweep: SweepConfig, specs: list[dict], local: bool, concurrency: int) -> tune.Tuner:
+    progress = SweepProgress({s["trial_id"]: (s["params"], s["config"]["epochs"]) for s in specs},
+                             concurrency)
     resources = {"CPU": 0, **({SLOT: 1} if local else {})}
     scheduler = metric = mode = None
     if sweep.scheduler:
@@ -197,7 +200,8 @@ def _tuner(sweep: SweepConfig, specs: list[dict], local: bool, concurrency: int)
         # Tune's JSON and CSV logs only: its TensorBoard logger would add a second HParams
         # experiment to RUN_DIR (the report writes the sweep's own).
         run_config=tune.RunConfig(name="tune", storage_path=str(sweep.run_dir / ".ray"),
-                                  callbacks=[_Recorder(sweep.run_dir, sweep.storage_uri),
+                                  callbacks=[progress,
+                                             _Recorder(sweep.run_dir, sweep.storage_uri),
                                              JsonLoggerCallback(),
                                              CSVLoggerCallback()], verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=0)),
@@ -224,9 +228,23 @@ def _baseline(sweep: SweepConfig) -> None:
             return
 
 
+def _link_logs(run_dir: Path) -> None:
+    """RUN_DIR/logs: Ray's log folder of this session (the workers' output, Ray's warnings),
+    which stays off the console unless --verbose."""
+    node = getattr(ray._private.worker, "_global_node", None)
+    if node is None:  # joined a cluster through ray:// : its logs live on the head
+        return
+    link = run_dir / "logs"
+    if link.is_symlink() or link.is_file():
+        link.unlink()
+    if not link.exists():
+        link.symlink_to(Path(node.get_session_dir_path()) / "logs", target_is_directory=True)
+
+
 def run_sweep(sweep: SweepConfig, *, address: str | None = None,
-              resume: bool = False) -> list[dict]:
-    """Run the sweep's unfinished trials; returns every trial's record."""
+              resume: bool = False, verbose: bool = False) -> list[dict]:
+    """Run the sweep's unfinished trials; returns every trial's record. verbose: the workers'
+    output and Ray's own messages on the console too (else only in RUN_DIR/logs)."""
     if sweep.storage_uri and download(sweep.storage_uri, sweep.run_dir):
         print(f"harness sweep: resuming from {sweep.storage_uri}", flush=True)
     done = {k: v for k, v in _check_existing(sweep, resume).items() if v in FINISHED}
@@ -243,7 +261,12 @@ def run_sweep(sweep: SweepConfig, *, address: str | None = None,
     if sweep.storage_uri:
         upload(sweep.run_dir, sweep.storage_uri, "sweep.json")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # see _tuner
-    started = start_ray(address, resources={SLOT: concurrency} if local else None)
+    started = start_ray(address, resources={SLOT: concurrency} if local else None,
+                        log_to_driver=verbose)
+    _link_logs(sweep.run_dir)
+    if not verbose:
+        print(f"harness sweep: the workers' output and Ray's messages go to "
+              f"{sweep.run_dir / 'logs'} (--verbose: here too)", flush=True)
     try:
         if not local:
             from harness.cluster_check import check_cluster
@@ -271,7 +294,8 @@ def sweep_command(args: argparse.Namespace) -> int:
                        overrides=args.set or [])
     start = time.perf_counter()
     try:
-        trials = run_sweep(sweep, address=args.address, resume=args.resume)
+        trials = run_sweep(sweep, address=args.address, resume=args.resume,
+                           verbose=args.verbose)
     except KeyboardInterrupt:
         print(f"\nharness sweep: interrupted; run the same command again to resume "
               f"({sweep.run_dir})")

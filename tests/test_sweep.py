@@ -115,6 +115,32 @@ def test_demo_sweep_beats_random_init_on_every_trial(demo_sweep):
     assert "random init" in out and "★" in out
 
 
+def test_demo_sweep_console_shows_each_trial_and_keeps_ray_in_the_logs(demo_sweep):
+    run_dir, out = demo_sweep
+    for trial_id, lambd in (("t0000", 0.0025), ("t0001", 0.01)):
+        assert f"harness sweep: {trial_id} loss.lambd={lambd}: started (2 epochs)" in out
+        for epoch in (1, 2):
+            line = next(line for line in out.splitlines()
+                        if line.startswith(f"harness sweep: {trial_id} loss.lambd={lambd}: "
+                                           f"epoch {epoch}/2, loss "))
+            assert "images/s, trial ETA " in line and "sweep ETA " in line, line
+        assert f"harness sweep: {trial_id} ok" in out
+    # The workers' own lines and Ray's warnings are in RUN_DIR/logs, not on the console.
+    assert "(RayTrainWorker" not in out and "(raylet)" not in out
+    logs = run_dir / "logs"
+    assert logs.is_symlink() and logs.is_dir()
+    worker_output = "".join(p.read_text(errors="replace") for p in logs.rglob("worker-*")
+                            if p.is_file())
+    assert "epoch 2/2 step" in worker_output  # the training loop's own summary line
+
+
+def test_durations_read_at_a_glance():
+    from harness.sweep_progress import duration
+
+    assert [duration(s) for s in (0, 44.6, 60, 185, 3600, 7475)] == \
+        ["0s", "45s", "1m00s", "3m05s", "1h00m", "2h04m"]
+
+
 def test_demo_sweep_report_and_tensorboard(demo_sweep):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
