@@ -18,11 +18,23 @@ from pathlib import Path
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
-__all__ = ["RunLog", "METRICS_FILE", "DIVERGED_FILE", "read_metrics", "read_divergence"]
+__all__ = ["RunLog", "METRICS_FILE", "DIVERGED_FILE", "read_metrics", "read_divergence", "duration"]
 
 METRICS_FILE = "metrics.jsonl"
 # Written by rank 0 when the loss became non-finite and the run stopped (harness.train).
 DIVERGED_FILE = "diverged.json"
+
+
+def duration(seconds: float) -> str:
+    """'45s', '3m05s', '2h04m': what a person reads at a glance."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
 
 
 def read_divergence(run_dir: Path | str) -> str | None:

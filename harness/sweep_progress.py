@@ -18,19 +18,9 @@ import time
 
 from ray import tune
 
-__all__ = ["SweepProgress", "duration"]
+from harness.run_log import duration
 
-
-def duration(seconds: float) -> str:
-    """'45s', '3m05s', '2h04m': what a person reads at a glance."""
-    seconds = max(0, round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    minutes, seconds = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes}m{seconds:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
+__all__ = ["SweepProgress"]
 
 
 class SweepProgress(tune.Callback):

@@ -35,7 +35,7 @@ from harness.config import PretrainConfig
 from harness.data.prepared import beton_path
 from harness.model import BarlowTwins
 from harness.probe import OnlineProbe
-from harness.run_log import RunLog
+from harness.run_log import RunLog, duration
 from harness.step import TwinStep, autocast_for, build_model, build_optimizer
 
 __all__ = ["train_loop"]
@@ -149,6 +149,7 @@ class _Worker:
         if self.rank == 0 and self.step:
             log.info(f"resuming {self.cfg.run.name} at epoch {self.start_epoch}, "
                      f"step {self.step}")
+        epoch_times: list[float] = []
         for epoch in range(self.start_epoch, self.cfg.epochs):
             metrics = self._train_epoch(epoch)
             if self.diverged:
@@ -164,7 +165,9 @@ class _Worker:
             metrics.update(self._memory())
             self.log.epoch(metrics, self.step)
             if self.rank == 0:
-                log.info(_summary(metrics, self.cfg.epochs))
+                epoch_times.append(metrics["time/epoch_s"])
+                eta = (self.cfg.epochs - epoch - 1) * sum(epoch_times) / len(epoch_times)
+                log.info(_summary(metrics, self.cfg.epochs) + f", ETA {duration(eta)}")
             self._report(metrics, epoch + 1)
         if self.rank == 0:
             epochs = max(self.start_epoch, self.cfg.epochs)

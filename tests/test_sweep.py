@@ -135,7 +135,7 @@ def test_demo_sweep_console_shows_each_trial_and_keeps_ray_in_the_logs(demo_swee
 
 
 def test_durations_read_at_a_glance():
-    from harness.sweep_progress import duration
+    from harness.run_log import duration
 
     assert [duration(s) for s in (0, 44.6, 60, 185, 3600, 7475)] == \
         ["0s", "45s", "1m00s", "3m05s", "1h00m", "2h04m"]
