@@ -150,9 +150,12 @@ class BarlowTwinsLoss(nn.Module):
         c = cross_correlation(z_a, z_b, self.eps, self.normalize)
         on_diag = (1 - torch.diagonal(c)).square().sum()
         off_diag = _off_diagonal(c).square().sum()
-        kept = {"both": on_diag + self.lambd * off_diag, "invariance": on_diag,
-                "redundancy": self.lambd * off_diag}[self.terms]
-        total = self.scale * kept
+        if self.terms == "both":
+            total = self.scale * (on_diag + self.lambd * off_diag)
+        elif self.terms == "invariance":
+            total = self.scale * on_diag
+        else:
+            total = self.scale * self.lambd * off_diag
         return LossParts(total=total, on_diag=on_diag, off_diag=off_diag)
 
     def extra_repr(self) -> str:

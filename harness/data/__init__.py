@@ -6,7 +6,7 @@ about 5 s of CPU per process (its typed-dict set-up and numba), which a process 
 reads configs (a sweep's driver, a CLI that rejects a bad file) should not pay.
 """
 
-import importlib
+from harness.lazy import lazy_exports
 
 from .augment import (CIFAR_VIEWS, IMAGENET_VIEWS, VIEW_PRESETS, BatchAugment, ViewAugment,
                       preset_views)
@@ -22,14 +22,4 @@ _LAZY = {
 __all__ = ["CIFAR_VIEWS", "IMAGENET_VIEWS", "BatchAugment", "ViewAugment", "VIEW_PRESETS",
            "preset_views", *_LAZY]
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

@@ -1,8 +1,8 @@
 """A seeded random horizontal flip as an FFCV operation, compiled once per machine.
 
 FFCV's RandomHorizontalFlip generates its code per pipeline and numba compiles it, parallel
-loop and all, every time a loader is built: about 7 s of CPU per loader on a 2-core machine of
-this project's class (benchmarks/loader.py, "Loader start-up"), paid in every training worker,
+loop and all, every time a loader is built: about 6.5 s of CPU per loader on a 2-core Intel
+Xeon @ 2.80 GHz (benchmarks/loader_startup.py, BENCHMARKS.md), paid in every training worker,
 probe and evaluation. `HorizontalFlip` keeps the same operation (each image of a batch flipped
 left-right with probability p, independently) but draws which images to flip in the
 pipeline's thread from a seeded numpy generator, so flips repeat from run to run (FFCV's come

@@ -1,8 +1,8 @@
 """FFCV loaders: the two-view pretraining loader, the labelled training loader, the eval loader.
 
 Each stored image is decoded once per view by FFCV (the random-resized crop happens in the
-decoder, on FFCV's threads; the seeded flip right after, ffcv_flip.HorizontalFlip). The photometric augmentations run where they cost least: on a GPU
-as batched tensor ops after the uint8 batch's transfer (augment.BatchAugment), which leaves
+decoder, on FFCV's threads; the seeded flip right after, ffcv_flip.HorizontalFlip). The
+photometric augmentations run where they cost least: on a GPU as batched tensor ops after the uint8 batch's transfer (augment.BatchAugment), which leaves
 FFCV's CPU threads to decoding; on the CPU inside the FFCV pipeline as numba kernels on those
 threads (ffcv_augment.PhotometricAugment), several times faster there than eager tensor ops in
 the training thread (benchmarks/loader.py). `photometric=` overrides the choice. Under a
@@ -130,7 +130,8 @@ class _LoaderSpec:
         FFCV `augment` operation if any, then to a torch batch on the device."""
         ops = [decoder]
         if flip_p:
-            ops.append(HorizontalFlip(flip_p, np.random.SeedSequence([self.seed, _world()[0], stream])))
+            seed = np.random.SeedSequence([self.seed, _world()[0], stream])
+            ops.append(HorizontalFlip(flip_p, seed))
         if augment is not None:
             ops.append(augment)  # an FFCV operation on the uint8 images, before ToTensor
         on_gpu = self.device.type == "cuda"
@@ -195,7 +196,8 @@ class TwoViewLoader:
     `photometric` is where colour jitter, grayscale, blur and solarization run ('ffcv' or
     'torch', see photometric_path); `augment` holds the two views' augmenters (PhotometricAugment
     operations inside the FFCV pipelines, or BatchAugment modules applied here), each with a
-    seeded torch `generator`. Flips are seeded too (HorizontalFlip); FFCV's crops draw from numba's unseeded generator.
+    seeded torch `generator`. Flips are seeded too (HorizontalFlip); FFCV's crops draw from
+    numba's unseeded generator.
     Training shards come from FFCV's distributed sampler: a new global shuffle every epoch,
     padded so every rank has the same number of batches (as torch's DistributedSampler).
     """
@@ -210,7 +212,8 @@ class TwoViewLoader:
         self.augment = [kind(view, spec.resolution, seed=spec.seed * 1000 + 2 * rank + i)
                         for i, view in enumerate(views)]
         pipelines = {"label": spec.label_pipeline()}
-        for stream, (name, view, augment) in enumerate(zip(("image", "image_b"), views, self.augment)):
+        names = ("image", "image_b")
+        for stream, (name, view, augment) in enumerate(zip(names, views, self.augment)):
             decoder = RandomResizedCropRGBImageDecoder(
                 (spec.resolution, spec.resolution), scale=view.crop_scale, ratio=view.crop_ratio)
             in_ffcv = augment if self.photometric == "ffcv" else None
