@@ -8,7 +8,9 @@ ToTorchImage; CIFAR-10 test split, 32 px, batch 256) with each flip operation:
   - harness: harness.data.ffcv_flip.HorizontalFlip, a seeded op whose kernel numba caches on
     disk;
   - none: the decoder alone (what the flip adds is the difference).
-Each measurement is a fresh Python process (imports done before the clock starts), so nothing
+It also measures what importing ffcv costs a process (torch imported before the clock starts),
+FFCV's own import against the one harness.ffcv_import gives any process that imports harness
+first. Each measurement is a fresh Python process (imports done before the clock starts), so nothing
 compiled by an earlier loader is reused; the variants take turns round by round so that load on
 the machine hits them alike. Round 0 starts from an empty numba cache (the first process on a
 machine or in a fresh clone), later rounds from the cache round 0 left. Reported: CPU seconds
@@ -59,6 +61,24 @@ print(json.dumps({"cpu": cpu() - c0, "wall": time.perf_counter() - t0}))
 """
 
 
+# argv[1] = "ffcv" (FFCV's own import) or "harness" (harness first). Prints one JSON line.
+_IMPORT_CHILD = r"""
+import json, resource, sys, time
+import numpy, torch
+
+def cpu():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+c0, t0 = cpu(), time.perf_counter()
+if sys.argv[1] == "harness":
+    import harness
+import ffcv.loader, ffcv.fields.rgb_image
+print(json.dumps({"cpu": cpu() - c0, "wall": time.perf_counter() - t0}))
+"""
+IMPORTS = ("ffcv", "harness")
+
+
 def prepared_cifar(datasets: Path, work: Path) -> Path:
     """CIFAR-10's test split (10,000 images) through `harness prep`, raw pixels."""
     from data_prep import prepare
@@ -74,8 +94,12 @@ def prepared_cifar(datasets: Path, work: Path) -> Path:
 
 
 def measure(beton: Path, variant: str, cache: Path) -> dict:
+    return _child(_CHILD, [str(beton), variant], cache)
+
+
+def _child(code: str, args: list[str], cache: Path) -> dict:
     env = {**os.environ, "NUMBA_CACHE_DIR": str(cache)}
-    done = subprocess.run([sys.executable, "-c", _CHILD, str(beton), variant], env=env,
+    done = subprocess.run([sys.executable, "-c", code, *args], env=env,
                           capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -95,9 +119,12 @@ def main() -> int:
         beton = prepared_cifar(Path(args.datasets), work)
         cache = work / "numba-cache"  # empty: round 0 is a first process on a machine
         rounds = {v: [] for v in VARIANTS}
+        imports = {v: [] for v in IMPORTS}
         for r in range(args.rounds + 1):
             for variant in VARIANTS:
                 rounds[variant].append(measure(beton, variant, cache))
+            for variant in IMPORTS:
+                imports[variant].append(_child(_IMPORT_CHILD, [variant], cache))
             print(f"round {r}: " + ", ".join(f"{v} {rounds[v][-1]['cpu']:.1f} s CPU"
                                               for v in VARIANTS), file=sys.stderr)
     finally:
@@ -117,6 +144,15 @@ def main() -> int:
         first = rounds[variant][0]
         print(f"| {variant} | {cpu:.1f} | {wall:.1f} | {first['cpu']:.1f} | {first['wall']:.1f} "
               f"| {cpu / base:.2f} |")
+    print(f"\nImporting ffcv (torch already imported), median of {args.rounds} warm rounds\n")
+    print("| import | CPU s | wall s | CPU vs FFCV's own |")
+    print("| --- | ---: | ---: | ---: |")
+    base = statistics.median(m["cpu"] for m in imports["ffcv"][1:])
+    for variant in IMPORTS:
+        cpu = statistics.median(m["cpu"] for m in imports[variant][1:])
+        wall = statistics.median(m["wall"] for m in imports[variant][1:])
+        name = {"ffcv": "FFCV's own", "harness": "through harness.ffcv_import"}[variant]
+        print(f"| {name} | {cpu:.1f} | {wall:.1f} | {cpu / base:.2f} |")
     return 0
 
 

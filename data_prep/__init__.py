@@ -8,6 +8,8 @@ reads); `read_manifest(out)` reads a finished preparation back. Every bad input 
 `PrepError` with a message that says what to do.
 """
 
+import harness  # noqa: F401 - first: ffcv imports quickly in this process (harness.ffcv_import)
+
 from .errors import PrepError
 from .holdout import Part, fit_part, subset_part, test_part, validation_part
 from .manifest import read_manifest
