@@ -13,7 +13,6 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
-import torchvision
 from torch import Tensor, nn
 
 __all__ = [
@@ -27,13 +26,11 @@ __all__ = [
     "backbone_state_dict",
 ]
 
-# Backbone name -> torchvision builder. Feature widths are read off the built model's fc.
-ARCHS = {
-    "resnet18": torchvision.models.resnet18,
-    "resnet34": torchvision.models.resnet34,
-    "resnet50": torchvision.models.resnet50,
-    "resnet101": torchvision.models.resnet101,
-}
+# Backbones: torchvision.models builders by name. Feature widths are read off the built model's
+# fc. torchvision is imported where a model is built: importing it costs about 2 s of CPU, which
+# a process that only checks configs (a sweep's driver, Tune's trial actor, Train's controller)
+# should not pay.
+ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101")
 
 _PROJECTOR_SPEC = re.compile(r"\d+(-\d+)*")
 
@@ -48,7 +45,9 @@ def build_backbone(arch: str, small_image_stem: bool = False) -> tuple[nn.Module
     """
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; choose one of {sorted(ARCHS)}")
-    backbone = ARCHS[arch](weights=None, zero_init_residual=True)
+    import torchvision.models
+
+    backbone = getattr(torchvision.models, arch)(weights=None, zero_init_residual=True)
     feature_dim = backbone.fc.in_features
     backbone.fc = nn.Identity()
     if small_image_stem:
