@@ -208,8 +208,11 @@ def _tuner(sweep: SweepConfig, specs: list[dict], local: bool, concurrency: int)
     )
 
 
-def _baseline(sweep: SweepConfig) -> None:
-    """The random-init reference of every protocol, once per sweep, from the first ok trial."""
+def _baseline(sweep: SweepConfig, local: bool) -> None:
+    """The random-init reference of every protocol, once per sweep, from the first ok trial.
+
+    It runs after the trials: on a local instance the whole machine is free by then, so a CPU
+    evaluation takes every CPU Ray has, not one trial's share."""
     if not sweep.baseline:
         return
     have = read_baselines(sweep.run_dir)
@@ -220,9 +223,13 @@ def _baseline(sweep: SweepConfig) -> None:
             if set(trial["evals"]) <= set(have):
                 return
             cfg = spec.config
+            workers = cfg.workers
+            if local and not workers.use_gpu:
+                cpus = max(1, min(usable_cpus(), int(ray.cluster_resources().get("CPU", 1))))
+                workers = dataclasses.replace(workers, num_workers=1, cpus_per_worker=cpus)
             records = evaluate_in_ray(cfg.run.run_dir, sweep.protocols, cfg.data.dir,
                                       transfer_dirs=sweep.transfer, settings=sweep.eval_settings,
-                                      workers=cfg.workers, init="random")
+                                      workers=workers, init="random")
             for record in records:
                 write_baseline(sweep.run_dir, record)
             return
@@ -279,7 +286,7 @@ def run_sweep(sweep: SweepConfig, *, address: str | None = None,
                           storage_path=str(sweep.run_dir))
         if todo:
             _tuner(sweep, _trial_specs(sweep, todo, address), local, concurrency).fit()
-        _baseline(sweep)
+        _baseline(sweep, local)
     finally:
         if started:
             ray.shutdown()

@@ -5,8 +5,9 @@ The demo sweep pretrains on 4,950 real CIFAR-10 training images (the size of the
 pretrained backbone beats a random-init backbone under the linear probe and kNN, on val and on
 test. It sweeps one axis (lambda, two trials at
 once), the main job's code path at half its work; the report of a two-axis grid is checked on
-planted records (tests/test_report.py). The resume sweep is smaller (400 images, 16 px crops,
-one epoch): its subject is the bookkeeping, not the accuracy.
+planted records (tests/test_report.py). The resume sweep is smaller (two trials of 400 images,
+16 px crops, one epoch; its driver killed in the second): its subject is the bookkeeping, not
+the accuracy.
 
 Subprocess time limits are hang guards (processes.guard: 10x the time on the fast machine of
 this class), never a speed requirement; a command past its guard is killed with its whole
@@ -25,6 +26,7 @@ import yaml
 
 from conftest import extract_subset
 from data_prep import prepare
+from harness.provenance import usable_cpus
 from harness.results import read_baselines, read_trials
 from processes import guard, kill_tree, ray_processes, run_tree, wait_for_no_ray
 
@@ -97,9 +99,13 @@ def test_demo_sweep_beats_random_init_on_every_trial(demo_sweep):
     baseline = read_baselines(run_dir)
     assert set(baseline) == {"linear", "knn"}
     assert all(b["init"] == "random" for b in baseline.values())
+    # After the trials the random-init evaluation has the whole instance (the machine's CPUs);
+    # each trial's ran on its one worker's CPU.
+    assert {b["torch_threads"] for b in baseline.values()} == {usable_cpus()}
     for t in trials:
         assert t["status"] == "ok", t
         assert set(t["evals"]) == {"linear", "knn"}
+        assert {r["torch_threads"] for r in t["evals"].values()} == {1}
         assert t["train"]["epochs"] == 2 and t["train"]["images_per_s"] > 0
         # Better on val and on test, and by more than 2 points over their 1,550 images (a
         # 550-image split alone has a standard error near 2 points).
@@ -164,13 +170,14 @@ def test_demo_sweep_report_and_tensorboard(demo_sweep):
 def test_killed_sweep_resumes_only_unfinished_trials_and_nan_fails(cifar_prepared, tmp_path,
                                                                    monkeypatch):
     """Storage is a URI (file://, through pyarrow.fs like s3://): after the kill the local
-    working copy is deleted, so the resumed sweep must find its finished trials there."""
+    working copy is deleted, so the resumed sweep must find its finished trial there."""
     before = ray_processes()
     monkeypatch.setenv("BT_SWEEP_CACHE", str(tmp_path / "cache"))
-    # One trial at a time: t0000 and t0002 train; t0001 (loss scale 1e38) overflows at its
-    # first step. The driver dies after two have finished.
+    # One trial at a time: t0000 (loss scale 1e38) overflows at its first step and fails;
+    # the driver dies once t0001 has started. A failed trial is finished: the resumed sweep
+    # runs t0001 again and leaves t0000 as it was.
     path = _sweep_file(tmp_path, cifar_prepared, "resume",
-                       space={"loss.scale": [0.1, 1e38, 0.2]},
+                       space={"loss.scale": [1e38, 0.1]},
                        settings={"test_images": 50, "val_images": 50}, concurrent=1,
                        protocols=("knn",), baseline=False,
                        fixed={"epochs": 1, "data.subset": "null", "data.resolution": 16,
@@ -179,41 +186,41 @@ def test_killed_sweep_resumes_only_unfinished_trials_and_nan_fails(cifar_prepare
                        storage=f"file://{tmp_path / 'bucket'}")
     remote, local = tmp_path / "bucket" / "resume", tmp_path / "cache" / "resume"
     driver = _harness("sweep", str(path))
-    deadline = time.monotonic() + guard(100)
-    finished: list[dict] = []
+    deadline = time.monotonic() + guard(60)
+    started = local / "trials" / "t0001" / "trial.json"
+
+    def finished() -> list[str]:
+        return [t["trial_id"] for t in read_trials(remote)
+                if t["status"] in ("ok", "failed")] if (remote / "trials").is_dir() else []
+
     try:
-        while time.monotonic() < deadline and driver.poll() is None:
-            if (remote / "trials").is_dir():
-                finished = [t for t in read_trials(remote) if t["status"] in ("ok", "failed")]
-            if len(finished) >= 2:
-                break
-            time.sleep(1)
+        while time.monotonic() < deadline and driver.poll() is None and \
+                not (started.is_file() and finished()):
+            time.sleep(0.5)
         assert driver.poll() is None, driver.communicate()[0][-4000:]
-        assert len(finished) >= 2, f"two trials did not finish within {guard(100):.0f} s"
+        assert started.is_file(), f"t0001 did not start within {guard(60):.0f} s"
+        assert finished() == ["t0000"]
         driver.kill()  # SIGKILL of the driver only: Ray's processes share its fate
         driver.wait()
         assert not wait_for_no_ray(before, guard_s=guard(10)), "Ray outlived its killed driver"
     finally:
         kill_tree(driver)  # whatever failed above, nothing of this sweep keeps running
         driver.stdout.close()
-    kept = {t["trial_id"]: (remote / "trials" / t["trial_id"] / "trial.json").read_bytes()
-            for t in finished}
+    kept = (remote / "trials" / "t0000" / "trial.json").read_bytes()
     shutil.rmtree(local)  # only the URI's copy is left
 
-    out = _run("sweep", str(path), "--resume", fast_machine_s=80)
-    assert "resuming from file://" in out and f"{len(kept)} already finished" in out
+    out = _run("sweep", str(path), "--resume", fast_machine_s=60)
+    assert "resuming from file://" in out and "1 already finished, 1 to run" in out
     run_dir = local
     trials = {t["trial_id"]: t for t in read_trials(run_dir)}
-    for trial_id, raw in kept.items():  # finished results untouched, not run again
-        assert (run_dir / "trials" / trial_id / "trial.json").read_bytes() == raw
-        launches = run_dir / "trials" / trial_id / "pretrain" / "launches.jsonl"
-        assert len(launches.read_text().splitlines()) == 1
-    assert trials["t0001"]["status"] == "failed"
-    assert trials["t0001"]["error"].startswith("loss is inf at epoch 1 (step 1)")
-    assert trials["t0001"]["evals"] == {}
-    for trial_id in ("t0000", "t0002"):
-        assert trials[trial_id]["status"] == "ok"
-        assert set(trials[trial_id]["evals"]) == {"knn"}
+    # The finished (failed) trial untouched and not run again.
+    assert (run_dir / "trials" / "t0000" / "trial.json").read_bytes() == kept
+    launches = run_dir / "trials" / "t0000" / "pretrain" / "launches.jsonl"
+    assert len(launches.read_text().splitlines()) == 1
+    assert trials["t0000"]["status"] == "failed"
+    assert trials["t0000"]["error"].startswith("loss is inf at epoch 1 (step 1)")
+    assert trials["t0000"]["evals"] == {}
+    assert trials["t0001"]["status"] == "ok" and set(trials["t0001"]["evals"]) == {"knn"}
     table = (run_dir / "report" / "results.md").read_text()
     assert "failed: loss is inf at epoch 1 (step 1)" in table
     assert (remote / "report" / "results.md").read_text() == table  # mirrored at the end

@@ -16,8 +16,8 @@ A record (JSON) holds: name (linear, knn, semi-1pct, semi-10pct, transfer-<data 
 protocol, mode, dataset, primary (the headline measure, "top1" or "k200_top1"), metrics
 ("val/top1", "test/top1", ...), init, checkpoint (path, arch,
 epoch, step, training config), data (folder, fingerprint, image counts, resolution), settings
-(every evaluation setting and what the protocol chose), seed, wall_time_s, and provenance
-(time, git revision, library versions, hardware).
+(every evaluation setting and what the protocol chose), seed, wall_time_s, torch_threads (the
+CPU threads it ran on), and provenance (time, git revision, library versions, hardware).
 """
 
 from __future__ import annotations
@@ -112,7 +112,8 @@ def _record(name: str, protocol: str, mode: str | None, primary: str, metrics: d
         "primary": primary, "metrics": metrics, "init": backbone.init,
         "checkpoint": backbone.describe(), "data": data.describe(),
         "settings": {**dataclasses.asdict(settings), **used}, "seed": settings.seed,
-        "wall_time_s": round(seconds, 3), **record_provenance(),
+        "wall_time_s": round(seconds, 3), "torch_threads": torch.get_num_threads(),
+        **record_provenance(),
     }
 
 
