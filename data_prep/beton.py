@@ -10,8 +10,10 @@ import functools
 import multiprocessing
 import multiprocessing.queues
 import os
+import queue
 import signal
 import threading
+import time
 from contextlib import contextmanager, suppress
 from multiprocessing import shared_memory
 from pathlib import Path
@@ -82,22 +84,71 @@ def _page_size(sizes: list[tuple[int, int]], items: list[Item]) -> int:
     return page
 
 
+class _WorkerDied(Exception):
+    """A writer process exited abnormally (see _supervised)."""
+
+
+class _CheckedQueue(multiprocessing.queues.Queue):
+    """A multiprocessing queue whose blocking get() checks `check` every 0.2 s while it waits."""
+
+    def __init__(self, check, maxsize: int = 0, *, ctx):
+        super().__init__(maxsize, ctx=ctx)
+        self._check = check
+
+    def __setstate__(self, state):  # a spawned worker's copy: nothing of the parent to check
+        super().__setstate__(state)
+        self._check = lambda: None
+
+    def get(self, block: bool = True, timeout: float | None = None):
+        if not block or timeout is not None:
+            return super().get(block, timeout)
+        while True:
+            self._check()
+            try:
+                return super().get(True, 0.2)
+            except queue.Empty:
+                pass
+
+
 @contextmanager
 def _supervised(writer: DatasetWriter, path: Path, progress: bool):
     """Run the writer with its processes tracked, so none can hang us or outlive a failure.
 
-    ffcv.writer builds its bar and worker processes from its module globals `tqdm` and `Process`;
-    for this call they are swapped for a configured bar (progress=False is really silent) and a
-    Process that is remembered. A watcher thread notices a worker that exited abnormally (e.g.
-    killed for lack of memory) and interrupts the main thread's wait, when prepare runs in the
-    main thread as the CLI does. On any failure, Ctrl-C included, the workers are stopped and
-    the writer's queues released: ffcv leaves both behind, and they would block exit.
+    ffcv.writer builds its bar, worker processes and queues and waits from its module globals
+    `tqdm`, `Process`, `Queue` and `sleep`; for this call they are swapped for a configured bar
+    (progress=False is really silent), a Process that is remembered, and a queue read and a
+    sleep that first check the workers: the writer's two waits (its poll of the samples done,
+    its read of each worker's allocation table) end with an error as soon as a worker has
+    exited abnormally (e.g. killed for lack of memory), in whatever thread prepare runs. A
+    watcher thread also interrupts the main thread's wait with SIGINT, for any wait of ffcv's
+    that is not one of those two, when prepare runs in the main thread as the CLI does. On any
+    failure, Ctrl-C included, the workers are stopped and the writer's queues released: ffcv
+    leaves both behind, and they would block exit.
     """
     workers, crashed, finished, lock = [], [], threading.Event(), threading.Lock()
+    parent = os.getpid()
 
     def tracked_process(*args, **kwargs):
         workers.append(multiprocessing.Process(*args, **kwargs))
         return workers[-1]
+
+    def check_workers() -> None:
+        """In the writing process: raise _WorkerDied once a worker has exited abnormally."""
+        if os.getpid() != parent:  # a worker reading its own queue (forked copies of these)
+            return
+        dead = [p for p in list(workers) if p.exitcode not in (None, 0)]
+        if dead:
+            with lock:
+                crashed.extend(p for p in dead if p not in crashed)
+                finished.set()  # the watcher stands down: this error is the one raised
+            raise _WorkerDied()
+
+    def checked_sleep(seconds: float) -> None:
+        check_workers()
+        time.sleep(seconds)
+
+    def checked_queue(maxsize: int = 0):
+        return _CheckedQueue(check_workers, maxsize, ctx=multiprocessing.get_context())
 
     def watch(main_thread: int):
         while not finished.wait(0.2):
@@ -110,8 +161,9 @@ def _supervised(writer: DatasetWriter, path: Path, progress: bool):
                     signal.pthread_kill(main_thread, signal.SIGINT)
                     return
 
-    originals = ffcv.writer.Process, ffcv.writer.tqdm
-    ffcv.writer.Process = tracked_process
+    originals = ffcv.writer.Process, ffcv.writer.tqdm, ffcv.writer.Queue, ffcv.writer.sleep
+    ffcv.writer.Process, ffcv.writer.Queue, ffcv.writer.sleep = \
+        tracked_process, checked_queue, checked_sleep
     ffcv.writer.tqdm = functools.partial(originals[1], disable=not progress,
                                          desc=f"write {path.name}", unit="img")
     watcher = threading.Thread(target=watch, args=(threading.get_ident(),), daemon=True)
@@ -139,14 +191,15 @@ def _supervised(writer: DatasetWriter, path: Path, progress: bool):
             writer.metadata_sm.close()
             with suppress(FileNotFoundError):
                 writer.metadata_sm.unlink()
-        if crashed and isinstance(exc, KeyboardInterrupt):
+        if crashed and isinstance(exc, (KeyboardInterrupt, _WorkerDied)):
             codes = ", ".join(str(p.exitcode) for p in crashed)
             raise PrepError(f"an FFCV writer process died (exit code {codes}) while writing "
                             f"{path.name}, e.g. killed for lack of memory: retry with fewer "
                             "num_workers or a smaller max_resolution") from None
         raise
     finally:
-        ffcv.writer.Process, ffcv.writer.tqdm = originals
+        (ffcv.writer.Process, ffcv.writer.tqdm, ffcv.writer.Queue,
+         ffcv.writer.sleep) = originals
         with lock:
             finished.set()
         if watcher.is_alive():

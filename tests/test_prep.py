@@ -6,8 +6,10 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import tarfile
+import threading
 import time
 
 import numpy as np
@@ -647,8 +649,11 @@ def test_failure_while_writing_leaves_no_manifest(cifar_folder, tmp_path, monkey
     assert not list(tmp_path.glob(".partial-*"))
 
 
+@pytest.mark.parametrize("thread", ["main", "other"])
 def test_a_writer_process_that_dies_fails_the_preparation_instead_of_hanging(
-        cifar_folder, tmp_path, monkeypatch):
+        cifar_folder, tmp_path, monkeypatch, thread):
+    """In the main thread (the CLI) and in another (no signal can reach its wait there: the
+    writer's own waits must notice the dead worker)."""
     victim = sorted((cifar_folder / "test" / "ship").iterdir())[0]
     real_load = data_prep.images.load_rgb
 
@@ -658,10 +663,25 @@ def test_a_writer_process_that_dies_fails_the_preparation_instead_of_hanging(
         return real_load(data)
 
     monkeypatch.setattr(data_prep.images, "load_rgb", load_rgb)
+    errors = []
+
+    def run():
+        try:
+            prepare(str(cifar_folder), tmp_path, **FAST)
+        except BaseException as err:  # noqa: BLE001 - handed to the test's thread
+            errors.append(err)
+
     started = time.monotonic()
-    with pytest.raises(PrepError, match="writer process died .*exit code 9"):
-        prepare(str(cifar_folder), tmp_path, **FAST)
+    if thread == "main":
+        run()
+    else:
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        worker.join(timeout=guard(6))
+        assert not worker.is_alive(), "prepare hung after its writer process died"
     assert time.monotonic() - started < guard(6)  # it failed, and did not wait for a hang
+    assert len(errors) == 1 and isinstance(errors[0], PrepError), errors
+    assert re.search("writer process died .*exit code 9", str(errors[0])), errors[0]
     assert os.listdir(tmp_path) == []
 
 
