@@ -58,7 +58,9 @@ class SweepProgress(tune.Callback):
     def on_trial_start(self, iteration, trials, trial, **info):
         trial_id = self._id(trial)
         if trial_id in self.trials:
-            self._print(f"{self._label(trial_id)}: started ({self.trials[trial_id][1]} epochs)")
+            epochs = self.trials[trial_id][1]
+            self._print(f"{self._label(trial_id)}: started ({epochs} "
+                        f"epoch{'' if epochs == 1 else 's'})")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         trial_id = self._id(trial)
