@@ -19,7 +19,7 @@ __all__ = ["PrepError", "prepare", "read_manifest", "Part", "fit_part", "validat
 
 
 def __getattr__(name: str):
-    """`prepare` is imported on first use: it brings ffcv (about 5 s of CPU per process),
+    """`prepare` is imported on first use: it brings ffcv, numba and OpenCV,
     which a process that only reads a manifest should not pay."""
     if name != "prepare":
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -132,11 +132,14 @@ def _supervised(writer: DatasetWriter, path: Path, progress: bool):
         workers.append(multiprocessing.Process(*args, **kwargs))
         return workers[-1]
 
+    def dead_workers() -> list:
+        return [p for p in list(workers) if p.exitcode not in (None, 0)]
+
     def check_workers() -> None:
         """In the writing process: raise _WorkerDied once a worker has exited abnormally."""
         if os.getpid() != parent:  # a worker reading its own queue (forked copies of these)
             return
-        dead = [p for p in list(workers) if p.exitcode not in (None, 0)]
+        dead = dead_workers()
         if dead:
             with lock:
                 crashed.extend(p for p in dead if p not in crashed)
@@ -152,7 +155,7 @@ def _supervised(writer: DatasetWriter, path: Path, progress: bool):
 
     def watch(main_thread: int):
         while not finished.wait(0.2):
-            dead = [p for p in list(workers) if p.exitcode not in (None, 0)]
+            dead = dead_workers()
             with lock:
                 if dead and not finished.is_set():
                     crashed.extend(dead)

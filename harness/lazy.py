@@ -1,8 +1,9 @@
 """Package attributes imported on first use (PEP 562), for packages whose modules bring ffcv.
 
-Importing ffcv costs about 5 s of CPU per process; a process that only reads configs (a
-sweep's driver, Tune's trial actor, Train's controller, a CLI that rejects a file) must not pay
-it because it imported a package's light half.
+Importing ffcv brings numba and OpenCV too (about 0.5 s of CPU per process once torch is loaded,
+through harness.ffcv_import; 5 s without it); a process that only reads configs (a sweep's
+driver, Tune's trial actor, Train's controller, a CLI that rejects a file) must not pay it
+because it imported a package's light half.
 """
 
 import importlib

@@ -83,8 +83,8 @@ class _Worker:
             torch.backends.cudnn.benchmark = True  # fixed input size: pick the fastest kernels
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank (DDP checks)
         self.run_dir = cfg.run.run_dir
-        # ffcv (about 5 s of CPU to import) only where loaders are built: Train's controller
-        # imports this module to unpickle train_loop and needs none of it.
+        # ffcv, numba and OpenCV only where loaders are built: Train's controller imports this
+        # module to unpickle train_loop and needs none of them.
         from harness.data.loaders import eval_loader, two_view_loader
         from harness.data.views import view_grid
 

@@ -1,7 +1,7 @@
 """What a process pays to import the harness: the driver side never imports ffcv.
 
 Importing ffcv costs about 5 s of CPU (its typed-dict set-up under numba) in every process
-that does it, 0.4 s through harness.ffcv_import. Only processes that build loaders need it: a
+that does it, 0.5 s through harness.ffcv_import. Only processes that build loaders need it: a
 sweep's driver, Tune's trial actor, Train's controller and a CLI that rejects a config must not
 pay even that, nor torchvision's 2 s.
 """

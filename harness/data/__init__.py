@@ -1,9 +1,10 @@
 """FFCV data loading: two-view pretraining, labelled training and evaluation loaders, each
 normalising with its data set's own channel statistics (from `harness prep`'s manifest).
 
-The loaders and the view grids are imported on first use (PEP 562): importing ffcv costs
-about 5 s of CPU per process (its typed-dict set-up and numba), which a process that only
-reads configs (a sweep's driver, a CLI that rejects a bad file) should not pay.
+The loaders and the view grids are imported on first use (PEP 562): they bring ffcv, numba
+and OpenCV (about 0.5 s of CPU per process once torch is loaded, through harness.ffcv_import),
+which a process that only reads configs (a sweep's driver, a CLI that rejects a bad file)
+should not pay.
 """
 
 from harness.lazy import lazy_exports

@@ -1,7 +1,7 @@
 """Evaluation protocols of a pretrained backbone: linear (fast / paper), kNN, semi, transfer.
 
-Imported on first use (PEP 562): the protocols bring ffcv's loaders (about 5 s of CPU per
-process), which a sweep's driver, reading only the settings, should not pay.
+Imported on first use (PEP 562): the protocols bring ffcv's loaders (ffcv, numba, OpenCV),
+which a sweep's driver, reading only the settings, should not pay.
 """
 
 from harness.lazy import lazy_exports
