@@ -31,12 +31,24 @@ SSHD = "/usr/sbin/sshd"
 RAY_PROCESS_MARKERS = ("gcs_server", "raylet", "ray::", "dashboard.py", "monitor.py",
                        "log_monitor.py", "runtime_env/agent", "dashboard/agent.py",
                        "ray.util.client.server", "default_worker.py")
-_SETUP = """set -e
+# The namespace's init reaps orphans as a machine's init does: Ray's daemons are reparented to
+# it, and `ray stop` waits its whole grace period (16 s) for processes left as zombies.
+_INIT = """import os, signal
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+while True:
+    try:
+        while os.waitpid(-1, os.WNOHANG)[0]:
+            pass
+    except ChildProcessError:
+        pass
+    signal.sigwaitinfo({signal.SIGCHLD})
+"""
+_SETUP = f"""set -e
 ip link set lo up
 mkdir -p /tmp/ray /run/sshd
 mount -t tmpfs tmpfs /tmp/ray
 echo ready
-exec sleep infinity
+exec {sys.executable} -c '{_INIT}'
 """
 
 
@@ -68,7 +80,7 @@ class Sandbox:
             self.proc.wait(10)
             raise RuntimeError(f"sandbox did not start: {self.proc.stderr.read()}")
         children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
-        self.pid = int(children.split()[0])          # the namespace's init (sleep)
+        self.pid = int(children.split()[0])          # the namespace's init (_INIT)
 
     def _enter(self, cmd: list[str], cwd: Path | None = None) -> list[str]:
         # Entering a mount namespace resets the working directory unless --wd names one.
@@ -99,7 +111,7 @@ class Sandbox:
         self.run(["bash", "-c", f"mkdir -p {target} && mount --bind {source} {target}"])
 
     def ray_processes(self) -> list[str]:
-        # Zombies (state Z) have exited; the namespace's init (sleep) does not reap them.
+        # Zombies (state Z) have exited: a process the init has not reaped yet is not running.
         ps = self.run(["ps", "-eo", "pid,stat,args", "--no-headers"]).stdout.splitlines()
         return [line for line in ps if line.split()[1][0] != "Z"
                 and any(m in line for m in RAY_PROCESS_MARKERS)]
