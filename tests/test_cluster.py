@@ -262,12 +262,29 @@ def _moto_copy(tmp_path: Path, sshd: Sshd) -> Path:
     return path
 
 
-def _ec2(sandbox: Sandbox, call: str) -> list:
-    """Run a boto3 EC2 call against moto inside the sandbox; its JSON result."""
-    code = ("import boto3, json, sys; ec2 = boto3.client('ec2'); "
-            f"print(json.dumps({call}, default=str))")
+def _aws(sandbox: Sandbox, call: str, script: str = "") -> list:
+    """Run `script`, then evaluate `call`, with boto3 clients `ec2` and `iam` against moto inside
+    the sandbox; the call's JSON result."""
+    code = ("import boto3, json, sys\nec2, iam = boto3.client('ec2'), boto3.client('iam')\n"
+            f"{script}\nprint(json.dumps({call}, default=str))")
     out = sandbox.run([sys.executable, "-c", code], timeout=guard(15)).stdout
     return json.loads(out.splitlines()[-1])
+
+
+# The account as Ray's first `ray up` in it leaves it: Ray's default head role (EC2 and S3 full
+# access) in its default instance profile. Creating them from nothing is Ray's code, not ours,
+# and costs two fixed 15 s sleeps there (IAM propagation).
+RAY_DEFAULT_PROFILE = """
+from ray.autoscaler._private.aws.config import DEFAULT_RAY_IAM_ROLE as role
+from ray.autoscaler._private.aws.config import DEFAULT_RAY_INSTANCE_PROFILE as profile
+trust = {"Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"},
+                        "Action": "sts:AssumeRole"}]}
+iam.create_role(RoleName=role, AssumeRolePolicyDocument=json.dumps(trust))
+for policy in ("AmazonEC2FullAccess", "AmazonS3FullAccess"):
+    iam.attach_role_policy(RoleName=role, PolicyArn=f"arn:aws:iam::aws:policy/{policy}")
+iam.create_instance_profile(InstanceProfileName=profile)
+iam.add_role_to_instance_profile(InstanceProfileName=profile, RoleName=role)
+"""
 
 
 def test_aws_cluster_file_launches_against_moto(sandbox, tmp_path, prepared):
@@ -281,8 +298,10 @@ def test_aws_cluster_file_launches_against_moto(sandbox, tmp_path, prepared):
                   moto_env)
     sandbox.wait_port(MOTO_PORT)
     sshd = Sshd(sandbox, tmp_path / "sshd", {**_session_env(sandbox), **AWS_ENV})
-    _ec2(sandbox, "ec2.import_key_pair(KeyName='barlow-test', PublicKeyMaterial="
+    _aws(sandbox, "ec2.import_key_pair(KeyName='barlow-test', PublicKeyMaterial="
                   f"open('{sshd.key}.pub').read())['KeyName']")
+    profile_arn = _aws(sandbox, "iam.get_instance_profile(InstanceProfileName=profile)"
+                                "['InstanceProfile']['Arn']", RAY_DEFAULT_PROFILE)
     # The checkout ray up syncs to ~/barlow-harness, with this venv in place of a fresh one
     # (scripts/setup.sh then finds everything installed and returns at once).
     checkout = Path(sandbox.env["HOME"]) / "barlow-harness"
@@ -294,12 +313,13 @@ def test_aws_cluster_file_launches_against_moto(sandbox, tmp_path, prepared):
     out = sandbox.run([str(VENV_BIN / "ray"), "up", "-y", "--no-config-cache", str(cluster)],
                       timeout=guard(60), cwd=REPO).stdout
     took_up = time.monotonic() - start
-    running = _ec2(sandbox, "[i for r in ec2.describe_instances()['Reservations'] for i in "
+    running = _aws(sandbox, "[i for r in ec2.describe_instances()['Reservations'] for i in "
                             "r['Instances'] if i['State']['Name'] == 'running']")
     assert len(running) == 1, out[-3000:]
     tags = {t["Key"]: t["Value"] for t in running[0]["Tags"]}
     assert tags["ray-node-type"] == "head" and tags["ray-user-node-type"] == "head"
     assert running[0]["InstanceType"] == "m5.2xlarge"
+    assert running[0]["IamInstanceProfile"]["Arn"] == profile_arn
     # Set up: the checkout synced without git-ignored files, the data set staged to local disk.
     assert (checkout / "scripts" / "setup.sh").is_file()
     assert not list(checkout.rglob("__pycache__"))
@@ -307,7 +327,7 @@ def test_aws_cluster_file_launches_against_moto(sandbox, tmp_path, prepared):
     assert sandbox.ray_processes(), "ray start --head did not leave Ray running on the head"
 
     sandbox.run([str(VENV_BIN / "ray"), "down", "-y", str(cluster)], timeout=guard(30), cwd=REPO)
-    states = _ec2(sandbox, "[i['State']['Name'] for r in ec2.describe_instances()"
+    states = _aws(sandbox, "[i['State']['Name'] for r in ec2.describe_instances()"
                            "['Reservations'] for i in r['Instances']]")
     assert states == ["terminated"]
     assert sandbox.ray_processes() == []
