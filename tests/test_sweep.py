@@ -6,8 +6,8 @@ pretrained backbone beats a random-init backbone under the linear probe and kNN,
 test. It sweeps one axis (lambda, two trials at once, one epoch each), the main job's code path
 at a fraction of its work; the report of a two-axis grid is checked on
 planted records (tests/test_report.py). The resume sweep is smaller (two trials of 400 images,
-16 px crops, one epoch; its driver killed in the second): its subject is the bookkeeping, not
-the accuracy.
+16 px crops, one epoch, run together; its driver killed once the first has failed): its subject
+is the bookkeeping, not the accuracy.
 
 Subprocess time limits are hang guards (processes.guard: 10x the time on the fast machine of
 this class), never a speed requirement; a command past its guard is killed with its whole
@@ -176,12 +176,13 @@ def test_killed_sweep_resumes_only_unfinished_trials_and_nan_fails(cifar_prepare
     working copy is deleted, so the resumed sweep must find its finished trial there."""
     before = ray_processes()
     monkeypatch.setenv("BT_SWEEP_CACHE", str(tmp_path / "cache"))
-    # One trial at a time: t0000 (loss scale 1e38) overflows at its first step and fails;
-    # the driver dies once t0001 has started. A failed trial is finished: the resumed sweep
-    # runs t0001 again and leaves t0000 as it was.
+    # Both trials at once: t0000 (loss scale 1e38) overflows at its first step and fails,
+    # while t0001 trains its epoch; the driver dies once t0000 has failed and t0001 has
+    # started. A failed trial is finished: the resumed sweep runs t0001 again and leaves t0000
+    # as it was.
     path = _sweep_file(tmp_path, cifar_prepared, "resume",
                        space={"loss.scale": [1e38, 0.1]},
-                       settings={"test_images": 50, "val_images": 50}, concurrent=1,
+                       settings={"test_images": 50, "val_images": 50}, concurrent=2,
                        protocols=("knn",), baseline=False,
                        fixed={"epochs": 1, "data.subset": "null", "data.resolution": 16,
                               "batch_size": 64, "run.checkpoint_every": 1,
