@@ -201,6 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "fails if there is none")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="set a pretraining config key on every trial, e.g. epochs=2; repeatable")
+    p.add_argument("--eval-set", action="append", metavar="KEY=VALUE",
+                   help="set an evaluation setting over the file's evaluate.settings, e.g. "
+                        "linear_mode=fast; repeatable")
+    p.add_argument("--trials", nargs="+", metavar="ID", default=None,
+                   help="run only these trials of the file (e.g. t0000 for a smoke run); the "
+                        "others stay to run later")
     p.add_argument("--name", default=None, help="sweep name (default: the file's `name`)")
     p.add_argument("--storage", default=None, help="folder of sweeps (default: the file's "
                                                    "storage_path, else runs/sweeps)")

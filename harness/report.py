@@ -1,8 +1,11 @@
 """`harness report RUN_DIR`: a sweep's tables, ablation figures and TensorBoard, from disk alone.
 
-    <report>/results.md        the trial table, mean ± std over seeds, links to the figures
+    <report>/results.md        the trial table, mean ± std over seeds, links to the figures,
+                               and, for a sweep file with `reference:`, the paper's numbers
+                               beside ours and a verdict per claim (harness.results_ablation)
     <report>/results.csv       one row per trial (and the random-init baseline), raw values
-    <report>/*.png             accuracy against lambda / batch size / projector width
+    <report>/*.png             accuracy against lambda / batch size / projector width, and
+                               ablation_<axis>.png: ours and the paper's, each vs its baseline
     <report>/tensorboard/      HParams sessions and the figures (harness.results_tensorboard)
 
 Every evaluation is shown on two splits (harness.results): val, which picks the best trial and
@@ -29,6 +32,8 @@ from pathlib import Path
 from harness.results import (REPORT_SPLIT, SELECT_SPLIT, STATUSES, metric_columns, metric_value,
                              parse_column, primary_columns, read_baselines, read_sweep,
                              read_trials, report_dir, trials_dir, with_split)
+from harness.results_ablation import Curve, markdown_section, measured_curve, overlay_figure, \
+    verdicts
 from harness.results_figures import ablation_figures
 from harness.results_table import (BEST, Table, best_trial, check_selection_metric, csv_rows,
                                    format_metric, param_keys, point_table, to_markdown, to_text,
@@ -58,6 +63,8 @@ class Report:
     best: str | None
     by_trial: Table
     by_point: Table | None
+    reference: dict | None = None    # the sweep file's `reference:` (the paper's result)
+    curve: Curve | None = None       # the measured curve on its axis
 
 
 def load_report(run_dir: Path, metric: str | None = None) -> Report:
@@ -76,11 +83,18 @@ def load_report(run_dir: Path, metric: str | None = None) -> Report:
     best = best_trial(trials, metric) if metric else None
     name = (sweep or {}).get("name") or run_dir.name
     summary = _summary(sweep, trials, baselines, metric, best)
+    primaries = primary_columns(trials, baselines, split=REPORT_SPLIT)
+    reference = (sweep or {}).get("reference")
+    curve = None
+    if reference and primaries:
+        curve = measured_curve(trials, reference, primaries[0],
+                               list(sweep.get("space", {}).get(reference["axis"], [])))
     return Report(name=name, summary=summary, selection=_selection(metric), trials=trials,
                   baselines=baselines, keys=keys, metrics=metrics, metric=metric,
-                  primaries=primary_columns(trials, baselines, split=REPORT_SPLIT), best=best,
+                  primaries=primaries, best=best,
                   by_trial=trial_table(trials, baselines, keys, metrics, best),
-                  by_point=point_table(trials, keys, metrics, metric))
+                  by_point=point_table(trials, keys, metrics, metric),
+                  reference=reference, curve=curve)
 
 
 def _selection_metric(option: str | None, sweep: dict | None, trials: list[dict],
@@ -137,7 +151,7 @@ def _summary(sweep: dict | None, trials: list[dict], baselines: dict, metric: st
     return f"{config}{len(trials)} {noun}: {statuses}. {outcome}"
 
 
-def markdown(report: Report, figures: list[str]) -> str:
+def markdown(report: Report, figures: list[str], overlay: str | None = None) -> str:
     parts = [f"# Sweep `{report.name}`\n", report.summary + "\n",
              *([report.selection + "\n"] if report.selection else []), _NOTE + "\n",
              "## Trials\n", to_markdown(report.by_trial)]
@@ -145,6 +159,8 @@ def markdown(report: Report, figures: list[str]) -> str:
         parts += ["## Mean ± std over seeds\n",
                   "Finished trials grouped by their parameters; std is the sample std (n - 1).\n",
                   to_markdown(report.by_point)]
+    if report.curve is not None:
+        parts.append(markdown_section(report.reference, report.curve, overlay))
     if figures:
         parts += ["## Figures\n", *(f"![{Path(f).stem}]({f})\n" for f in figures)]
     return "\n".join(parts)
@@ -155,6 +171,9 @@ def text(report: Report) -> str:
              to_text(report.by_trial)]
     if report.by_point is not None:
         parts += ["mean ± std over seeds:", "", to_text(report.by_point)]
+    if report.curve is not None:
+        parts += [f"against the paper ({report.reference['source']}):",
+                  *(f"  {v.replace('**', '')}" for v in verdicts(report.reference, report.curve))]
     return "\n".join(parts)
 
 
@@ -168,7 +187,11 @@ def write_report(report: Report, out: Path) -> list[Path]:
     try:
         build.chmod(0o755)
         figures = ablation_figures(report.trials, report.baselines, report.primaries, build)
-        (build / "results.md").write_text(markdown(report, [f.name for f in figures]))
+        overlay = (overlay_figure(report.reference, report.curve, build)
+                   if report.curve is not None else None)
+        (build / "results.md").write_text(markdown(report, [f.name for f in figures],
+                                                   overlay.name if overlay else None))
+        figures += [overlay] if overlay else []
         _write_csv(build / "results.csv", report)
         write_tensorboard(build / "tensorboard", report.trials, report.keys, report.metrics,
                           figures)

@@ -192,6 +192,8 @@ def _launched_params(run_dir: Path | str, folder: Path) -> dict:
     """The swept values of a trial with no trial.json yet, from its last launch record."""
     launches = folder / "pretrain" / "launches.jsonl"
     sweep = read_sweep(run_dir) or {}
+    if folder.name in (sweep.get("trials") or {}):
+        return dict(sweep["trials"][folder.name])  # a group's label is in no config
     if not launches.is_file():
         return {}
     lines = [line for line in launches.read_text().splitlines() if line.strip()]

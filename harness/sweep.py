@@ -248,21 +248,38 @@ def _link_logs(run_dir: Path) -> None:
         link.symlink_to(Path(node.get_session_dir_path()) / "logs", target_is_directory=True)
 
 
-def run_sweep(sweep: SweepConfig, *, address: str | None = None,
-              resume: bool = False, verbose: bool = False) -> list[dict]:
-    """Run the sweep's unfinished trials; returns every trial's record. verbose: the workers'
+def _selected(sweep: SweepConfig, only: list[str] | None) -> set[str]:
+    """The trial ids --trials names (all of them without it); an unknown id is refused."""
+    ids = [t.trial_id for t in sweep.trials]
+    if not only:
+        return set(ids)
+    unknown = [i for i in only if i not in ids]
+    if unknown:
+        raise ConfigError(f"--trials {unknown[0]}: no such trial in {sweep.path.name}; it has "
+                          f"{ids[0]} .. {ids[-1]}")
+    return set(only)
+
+
+def run_sweep(sweep: SweepConfig, *, address: str | None = None, resume: bool = False,
+              verbose: bool = False, only: list[str] | None = None) -> list[dict]:
+    """Run the sweep's unfinished trials (of `only`, where given: a smoke run of one trial, or
+    a sweep split over several clusters); returns every trial's record. verbose: the workers'
     output and Ray's own messages on the console too (else only in RUN_DIR/logs)."""
+    selected = _selected(sweep, only)
     if sweep.storage_uri and download(sweep.storage_uri, sweep.run_dir):
         print(f"harness sweep: resuming from {sweep.storage_uri}", flush=True)
     done = {k: v for k, v in _check_existing(sweep, resume).items() if v in FINISHED}
-    todo = [t for t in sweep.trials if t.trial_id not in done]
+    todo = [t for t in sweep.trials if t.trial_id not in done and t.trial_id in selected]
     local = address is None
     if local:
         for t in todo:
             check_local_resources(t.config)
     concurrency = _local_concurrency(sweep) if local else sweep.max_concurrent_trials
+    left = len(sweep.trials) - len(done) - len(todo)
     print(f"harness sweep: '{sweep.name}' in {sweep.run_dir}: {len(sweep.trials)} trials, "
-          f"{len(done)} already finished, {len(todo)} to run, {concurrency} at a time", flush=True)
+          f"{len(done)} already finished, {len(todo)} to run"
+          + (f" ({left} left for later: --trials)" if left else "")
+          + f", {concurrency} at a time", flush=True)
     sweep.run_dir.mkdir(parents=True, exist_ok=True)
     write_sweep(sweep.run_dir, {**sweep.describe(), "provenance": record_provenance()})
     if sweep.storage_uri:
@@ -298,11 +315,11 @@ def sweep_command(args: argparse.Namespace) -> int:
     from harness.results import report_dir
 
     sweep = load_sweep(args.config, name=args.name, storage_path=args.storage,
-                       overrides=args.set or [])
+                       overrides=args.set or [], eval_overrides=args.eval_set or [])
     start = time.perf_counter()
     try:
         trials = run_sweep(sweep, address=args.address, resume=args.resume,
-                           verbose=args.verbose)
+                           verbose=args.verbose, only=args.trials)
     except KeyboardInterrupt:
         print(f"\nharness sweep: interrupted; run the same command again to resume "
               f"({sweep.run_dir})")

@@ -9,7 +9,11 @@
       space:                             # any dotted key of the pretraining config
         loss.lambd: [0.0025, 0.01]                  # grid: the values; random: a list is a
         model.projector: [512-512, 2048-2048]       # choice, or {loguniform: [lo, hi]},
-      seeds: [0]                                    # {uniform: [lo, hi]}, {randint: [lo, hi]}
+                                                    # {uniform: [lo, hi]}, {randint: [lo, hi]}
+        variant:                         # a group: named sets of keys taken together (not a
+          baseline: {}                   # grid of them); the label is the trial's value
+          no BN: {model.projector_bn: false}
+      seeds: [0]
       num_samples: 8                     # random only: points drawn (seeded by search.seed)
     evaluate:
       protocols: [linear, knn]           # linear | knn | semi | transfer
@@ -24,6 +28,13 @@
       grace_period: 1                    # probe on val (the default), or loss/total
       reduction_factor: 2
     metric: knn/val/k200_top1            # the report's best row: <eval>/val/<measure>
+    reference:                           # optional: the paper's result for the swept axis
+      source: Zbontar et al. 2021, Table 4 (ImageNet, ResNet-50, 300 epochs)
+      axis: batch_size                   # a key of search.space
+      measure: ImageNet linear top-1 (%)
+      baseline: 2048                     # the paper's own point; `ours`: the sweep's (default:
+      values: {128: 69.7, 2048: 71.4}    # the experiment's value of the axis key)
+      claims: [{flat: 2.0}]              # what the report checks (harness.results_ablation)
 
 Every choice between trials reads the validation split only (carved from train by `harness
 prep`): the report's `metric` must name a val measure and the scheduler's a val or training
@@ -45,12 +56,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from harness.config import ConfigError, PretrainConfig, _read_yaml, load_config
+from harness.config_schema import CliValue
 from harness.evaluation.settings import EvalSettings, parse_protocols
 from harness.results import SELECT_SPLIT, parse_column, with_split
 
-__all__ = ["SweepConfig", "TrialSpec", "load_sweep", "DISTRIBUTIONS", "SCHEDULER_METRICS"]
+__all__ = ["SweepConfig", "TrialSpec", "load_sweep", "is_group", "point_key", "CLAIMS",
+           "DISTRIBUTIONS", "SCHEDULER_METRICS"]
 
 DISTRIBUTIONS = ("loguniform", "uniform", "randint", "choice")
 # Per-epoch metrics ASHA can compare trials on, and which way is better. Stopping a trial is a
@@ -58,7 +72,14 @@ DISTRIBUTIONS = ("loguniform", "uniform", "randint", "choice")
 SCHEDULER_METRICS = {"probe/val_top1": "max", "loss/total": "min"}
 _RENAMED_SCHEDULER_METRICS = {"probe/top1": "probe/val_top1"}
 _TOP = {"name", "experiment", "storage_path", "set", "search", "evaluate", "resources",
-        "scheduler", "metric"}
+        "scheduler", "metric", "reference"}
+# A reference's claims, each checked by the report against the measured curve
+# (harness.results_ablation): {flat: P} every point within P points of each other; {rising: P}
+# each point at least the previous one less P, the last above the first; {point: L, below: P}
+# at least P points under the baseline; {point: L, within: P} within P points of the
+# baseline; {point: L, chance: P} within P points of chance (100 / classes).
+CLAIMS = {"flat": (), "rising": (), "below": ("point",), "within": ("point",),
+          "chance": ("point",)}
 
 
 @dataclass(frozen=True)
@@ -89,6 +110,7 @@ class SweepConfig:
     scheduler: dict | None
     metric: str | None
     trials: tuple[TrialSpec, ...]
+    reference: dict | None = None
 
     def describe(self) -> dict:
         """The sweep.json fields (harness.results)."""
@@ -99,6 +121,7 @@ class SweepConfig:
                 "protocols": list(self.protocols), "transfer": list(self.transfer),
                 "eval_settings": dataclasses.asdict(self.eval_settings),
                 "scheduler": self.scheduler, "max_concurrent_trials": self.max_concurrent_trials,
+                "reference": self.reference,
                 "trials": {t.trial_id: t.params for t in self.trials}}
 
 
@@ -113,13 +136,40 @@ def _section(raw: dict, key: str, allowed: set[str]) -> dict:
     return value
 
 
+def is_group(values: Any) -> bool:
+    """A space entry whose values are named sets of config keys, each set taken together."""
+    return isinstance(values, dict) and bool(values) and \
+        all(isinstance(v, dict) for v in values.values())
+
+
+def _check_group(key: str, group: dict, space: dict) -> dict:
+    if "." in key:
+        raise ConfigError(f"search.space.{key}: a group of named settings needs a name that is "
+                          "not a config key (e.g. variant), its values {label: {key: value}}")
+    checked = {}
+    for label, keys in group.items():
+        if not isinstance(label, (str, int, float)) or isinstance(label, bool):
+            raise ConfigError(f"search.space.{key}: label {label!r}: a label is a name")
+        for inner, value in keys.items():
+            if inner in space:
+                raise ConfigError(f"search.space.{key}.{label}.{inner}: {inner} is also swept "
+                                  "as its own axis; set it in one place")
+            _as_override(f"search.space.{key}.{label}.{inner}", value)
+        checked[str(label)] = dict(keys)
+    return checked
+
+
 def _check_space(space: Any, mode: str) -> dict:
     if not isinstance(space, dict) or not space:
         raise ConfigError("search.space: name at least one config key and its values, e.g. "
                           "loss.lambd: [0.0025, 0.01]")
+    space = dict(space)
     for key, values in space.items():
         if key == "seed":
             raise ConfigError("search.space.seed: list seeds under search.seeds")
+        if is_group(values):
+            space[key] = _check_group(key, values, space)
+            continue
         if isinstance(values, list):
             if not values:
                 raise ConfigError(f"search.space.{key}: the list of values is empty")
@@ -204,24 +254,107 @@ def _draw(spec: Any, rng: np.random.Generator) -> Any:
 
 
 def _points(mode: str, space: dict, num_samples: int, seed: int) -> list[dict]:
+    """The sweep's points, each {key: value} with a group's label and the keys it sets."""
     keys = list(space)
+    axes = {k: list(v) if is_group(v) else v for k, v in space.items()}  # a group: its labels
     if mode == "grid":
-        return [dict(zip(keys, values)) for values in itertools.product(*space.values())]
-    rng = np.random.default_rng([seed, 2021])
-    return [{k: _draw(space[k], rng) for k in keys} for _ in range(num_samples)]
+        points = [dict(zip(keys, values)) for values in itertools.product(*axes.values())]
+    else:
+        rng = np.random.default_rng([seed, 2021])
+        points = [{k: _draw(axes[k], rng) for k in keys} for _ in range(num_samples)]
+    return [{k: v for key, label in point.items()
+             for k, v in ({key: label, **space[key][label]} if is_group(space[key])
+                          else {key: label}).items()} for point in points]
 
 
 def _as_override(key: str, value: Any) -> str:
-    if isinstance(value, (dict, list)):
-        raise ConfigError(f"{key}: a swept value must be a number, string or true/false, "
-                          f"got {value!r}")
+    scalar = (str, int, float, bool)
+    if isinstance(value, list) and value and all(isinstance(v, scalar) for v in value):
+        # A range such as data.view_a.crop_scale: [1.0, 1.0], in YAML's flow style.
+        return f"{key}={yaml.safe_dump(value, default_flow_style=True).strip()}"
+    if not isinstance(value, scalar):
+        raise ConfigError(f"{key}: a swept value must be a number, string, true/false or a list "
+                          f"of them, got {value!r}")
     return f"{key}={value}"
 
 
+def _check_reference(raw: Any, space: dict, trials: list[TrialSpec], experiment: Path,
+                     fixed: dict) -> dict | None:
+    """The `reference:` section: the paper's result on the sweep's one axis, and the claims the
+    report checks against the measured curve. Each baseline must be a point the curve has."""
+    if raw is None:
+        return None
+    ref = _section({"reference": raw}, "reference",
+                   {"source", "axis", "measure", "baseline", "ours", "values", "claims"})
+    for key in ("source", "axis", "claims"):
+        if key not in ref:
+            raise ConfigError(f"reference.{key}: required (source: where the paper gives it; "
+                              "axis: the swept key; claims: what the report checks)")
+    axis = ref["axis"]
+    if axis not in space:
+        raise ConfigError(f"reference.axis: {axis!r} is not swept; search.space has: "
+                          f"{', '.join(space)}")
+    others = [k for k in space if k != axis]
+    if others:
+        raise ConfigError(f"reference.axis: {axis}: an ablation sweeps its axis alone (and "
+                          f"seeds), but search.space also sweeps {', '.join(others)}")
+    group = is_group(space[axis])
+    points = {point_key(t.params[axis]) for t in trials}
+    if "ours" in ref:
+        ours = ref["ours"]
+    elif group:
+        raise ConfigError(f"reference.ours: name the label of {axis} the others are compared "
+                          f"with, one of: {', '.join(space[axis])}")
+    else:
+        value = load_config(experiment, [_as_override(k, v) for k, v in fixed.items()],
+                            check_data=False).to_dict()
+        for part in axis.split("."):
+            value = value[part]
+        ours = value
+    if point_key(ours) not in points:
+        raise ConfigError(f"reference.ours: {ours!r} (the curve's own baseline) is not a point "
+                          f"of the sweep; {axis} takes: {', '.join(sorted(map(str, points)))}")
+    values = ref.get("values") or {}
+    if not isinstance(values, dict) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in values.values()):
+        raise ConfigError(f"reference.values: expected {{{axis} value: published number}}, "
+                          f"got {values!r}")
+    values = {point_key(k): float(v) for k, v in values.items()}
+    if values and point_key(ref.get("baseline")) not in values:
+        raise ConfigError(f"reference.baseline: {ref.get('baseline')!r}: name the paper's own "
+                          "point among reference.values; its curve is drawn relative to it")
+    claims = ref["claims"]
+    if not isinstance(claims, list) or not claims:
+        raise ConfigError("reference.claims: a list, e.g. [{flat: 1.0}]")
+    for claim in claims:
+        kinds = [k for k in (claim if isinstance(claim, dict) else {}) if k in CLAIMS]
+        if len(kinds) != 1 or set(claim) != {kinds[0], *CLAIMS[kinds[0]]}:
+            raise ConfigError(f"reference.claims: {claim!r}: expected one of {{flat: P}}, "
+                              "{rising: P}, {point: L, below: P}, {point: L, within: P}, "
+                              "{point: L, chance: P} (P in accuracy points)")
+        if not isinstance(claim[kinds[0]], (int, float)) or claim[kinds[0]] < 0:
+            raise ConfigError(f"reference.claims: {claim!r}: {kinds[0]} takes points >= 0")
+        if "point" in claim and point_key(claim["point"]) not in points:
+            raise ConfigError(f"reference.claims: {claim!r}: {claim['point']!r} is not a point "
+                              f"of the sweep")
+    return {"source": str(ref["source"]), "axis": axis,
+            "measure": str(ref.get("measure", "top-1 (%)")),
+            "baseline": point_key(ref.get("baseline")) if values else None,
+            "ours": point_key(ours), "values": values, "claims": claims}
+
+
+def point_key(value: Any) -> str:
+    """A point of an axis as text, the same for 0.005 from YAML and 0.005 in a record."""
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def load_sweep(path: Path | str, *, name: str | None = None, storage_path: str | None = None,
-               overrides: list[str] | tuple[str, ...] = (), check_data: bool = True) -> SweepConfig:
+               overrides: list[str] | tuple[str, ...] = (),
+               eval_overrides: list[str] | tuple[str, ...] = (),
+               check_data: bool = True) -> SweepConfig:
     """Read and check a sweep file; every trial's pretraining config is validated (and, with
-    check_data, against its prepared data set)."""
+    check_data, against its prepared data set). overrides: `--set` KEY=VALUE of every trial's
+    pretraining config; eval_overrides: `--eval-set` KEY=VALUE over evaluate.settings."""
     path = Path(path).resolve()
     raw = _read_yaml(path)  # a sweep file may start from another with `base:`, too
     unknown = set(raw) - _TOP
@@ -266,8 +399,14 @@ def load_sweep(path: Path | str, *, name: str | None = None, storage_path: str |
     ev = _section(raw, "evaluate", {"protocols", "transfer", "baseline", "settings"})
     protocols = parse_protocols(ev.get("protocols", ["linear", "knn"]))
     transfer = tuple(str(Path(d).expanduser().resolve()) for d in ev.get("transfer") or [])
+    raw_settings = dict(ev.get("settings") or {})
+    for item in eval_overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--eval-set {item!r}: expected key=value, e.g. linear_mode=fast")
+        raw_settings[key.strip().removeprefix("eval.")] = CliValue(value)
     try:
-        settings = EvalSettings.from_dict(ev.get("settings") or {})
+        settings = EvalSettings.from_dict(raw_settings)
     except ConfigError as err:
         raise ConfigError(f"evaluate.settings: {err}") from None
     metric = _check_metric(raw.get("metric"), protocols, settings)
@@ -303,7 +442,9 @@ def load_sweep(path: Path | str, *, name: str | None = None, storage_path: str |
         for point in points:
             trial_id = f"t{len(trials):04d}"
             params = {**point, "seed": seed}
-            items = [_as_override(k, v) for k, v in {**fixed, **params}.items()]
+            group_labels = {k for k in point if is_group(space.get(k))}
+            items = [_as_override(k, v) for k, v in {**fixed, **params}.items()
+                     if k not in group_labels]
             try:
                 cfg = load_config(experiment, items, name="pretrain",
                                   storage_path=str(run_dir / "trials" / trial_id),
@@ -315,7 +456,8 @@ def load_sweep(path: Path | str, *, name: str | None = None, storage_path: str |
             and not all(t.config.probe.enabled for t in trials)):
         raise ConfigError("scheduler.metric: probe/val_top1 needs probe.enabled: true in every "
                           "trial")
+    reference = _check_reference(raw.get("reference"), space, trials, experiment, fixed)
     return SweepConfig(path, name, experiment, run_dir, storage_uri, fixed, mode, space, tuple(seeds),
                        num_samples, int(search.get("seed", 0)), protocols, transfer,
                        bool(ev.get("baseline", True)), settings, concurrent, scheduler,
-                       metric, tuple(trials))
+                       metric, tuple(trials), reference)

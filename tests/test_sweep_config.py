@@ -141,3 +141,104 @@ def test_uri_storage_works_locally_and_mirrors(tmp_path, data_dir, monkeypatch):
     assert sweep.storage_uri == f"file://{tmp_path / 'bucket'}/s"
     assert sweep.run_dir == tmp_path / "cache" / "s"
     assert (tmp_path / "bucket" / "s").is_dir()  # opened and written before any trial
+
+
+ABLATIONS = REPO / "experiments" / "ablations"
+
+
+@pytest.mark.parametrize("name", ["lambda", "batch_size", "projector_width", "loss_terms",
+                                  "augmentations"])
+def test_every_ablation_file_validates(name):
+    sweep = load_sweep(ABLATIONS / f"{name}.yaml", check_data=False)
+    assert sweep.seeds == (0, 1, 2) and all(t.config.epochs == 300 for t in sweep.trials)
+    assert sweep.eval_settings.linear_mode == "paper"
+    if name == "augmentations":
+        assert sweep.reference is None  # no published numbers in the reference notes
+    else:
+        assert sweep.reference["axis"] in sweep.space and sweep.reference["claims"]
+    # The GPU-hour budget is stated at the top of the file: trials x about 1 GPU-hour.
+    header = (ABLATIONS / f"{name}.yaml").read_text().split("\nbase:")[0]
+    assert f"{len(sweep.trials)} trials" in header and "GPU-hours" in header
+
+
+def test_a_group_sets_its_keys_together():
+    sweep = load_sweep(ABLATIONS / "batch_size.yaml", check_data=False)
+    by_batch = {t.params["batch"]: t for t in sweep.trials if t.params["seed"] == 0}
+    assert list(by_batch) == ["128", "256", "512", "1024", "2048", "4096"]
+    # The paper's table: each batch size with its learning rate, one trial per pair, no grid.
+    for label, lr in (("128", 0.7), ("256", 0.4), ("4096", 0.2)):
+        cfg = by_batch[label].config
+        assert (cfg.batch_size, cfg.optimizer.lr_weights, cfg.optimizer.lr_biases) == \
+            (int(label), lr, lr)
+    assert by_batch["128"].params == {"batch": "128", "batch_size": 128,
+                                      "optimizer.lr_weights": 0.7, "optimizer.lr_biases": 0.7,
+                                      "seed": 0}
+    assert sweep.reference["ours"] == "256" and sweep.reference["baseline"] == "2048"
+    assert sweep.reference["values"]["128"] == 69.7
+
+    terms = {t.params["variant"]: t.config
+             for t in load_sweep(ABLATIONS / "loss_terms.yaml", check_data=False).trials}
+    assert (terms["baseline"].loss.terms, terms["baseline"].loss.normalize,
+            terms["baseline"].model.projector_bn) == ("both", "batch", True)
+    assert terms["invariance only"].loss.terms == "invariance"
+    assert terms["feature normalisation"].loss.normalize == "feature"
+    assert terms["no projector BN"].model.projector_bn is False
+    views = {t.params["variant"]: t.config.data.view_augments()
+             for t in load_sweep(ABLATIONS / "augmentations.yaml", check_data=False).trials}
+    assert all(v.crop_scale == (1.0, 1.0) and v.crop_ratio == (1.0, 1.0) for v in views["no crop"])
+    assert [v.flip_p for v in views["no flip"]] == [0.0, 0.0]
+    assert [v.flip_p for v in views["baseline"]] == [0.5, 0.5]
+
+
+def _ablation(tmp_path, data_dir, space, reference):
+    return _write(tmp_path, data_dir, search={"mode": "grid", "space": space, "seeds": [0]},
+                  reference=reference)
+
+
+@pytest.mark.parametrize("space, reference, message", [
+    ({"variant": {"a": {"loss.lambd": 0.01}}, "loss.lambd": [0.002]}, None,
+     "search.space.variant.a.loss.lambd: loss.lambd is also swept as its own axis"),
+    ({"loss.terms": {"a": {"loss.lambd": 0.01}}}, None,
+     "search.space.loss.terms: a group of named settings needs a name that is not a config key"),
+    ({"variant": {"a": {"loss.terms": "neither"}}}, None, "loss.terms"),
+    ({"loss.lambd": [0.002, 0.0051]}, {"source": "x", "axis": "batch_size", "claims": [{"flat": 1}]},
+     "reference.axis: 'batch_size' is not swept"),
+    ({"loss.lambd": [0.002, 0.0051], "batch_size": [32]},
+     {"source": "x", "axis": "loss.lambd", "claims": [{"flat": 1}]},
+     "an ablation sweeps its axis alone (and seeds), but search.space also sweeps batch_size"),
+    ({"loss.lambd": [0.002, 0.02]}, {"source": "x", "axis": "loss.lambd", "claims": [{"flat": 1}]},
+     "reference.ours: 0.0051 (the curve's own baseline) is not a point of the sweep"),
+    ({"variant": {"a": {}, "b": {"loss.terms": "invariance"}}},
+     {"source": "x", "axis": "variant", "claims": [{"flat": 1}]},
+     "reference.ours: name the label of variant the others are compared with, one of: a, b"),
+    ({"loss.lambd": [0.002, 0.0051]},
+     {"source": "x", "axis": "loss.lambd", "values": {0.002: 70.0}, "baseline": 0.005,
+      "claims": [{"flat": 1}]}, "reference.baseline: 0.005: name the paper's own point"),
+    ({"loss.lambd": [0.002, 0.0051]},
+     {"source": "x", "axis": "loss.lambd", "claims": [{"flat": 1, "point": 0.002}]},
+     "reference.claims: {'flat': 1, 'point': 0.002}: expected one of"),
+    ({"loss.lambd": [0.002, 0.0051]},
+     {"source": "x", "axis": "loss.lambd", "claims": [{"point": 0.01, "within": 1}]},
+     "0.01 is not a point of the sweep"),
+    ({"loss.lambd": [0.002, 0.0051]}, {"axis": "loss.lambd", "claims": [{"flat": 1}]},
+     "reference.source: required"),
+])
+def test_bad_groups_and_references_are_refused(tmp_path, data_dir, space, reference, message):
+    with pytest.raises(ConfigError) as err:
+        load_sweep(_ablation(tmp_path, data_dir, space, reference))
+    assert message in str(err.value)
+
+
+def test_eval_set_and_trials_are_checked_before_ray_starts(tmp_path, data_dir, capsys):
+    from harness.cli import main
+
+    path = _write(tmp_path, data_dir)
+    sweep = load_sweep(path, eval_overrides=["linear_mode=paper", "eval.test_images=100"])
+    assert (sweep.eval_settings.linear_mode, sweep.eval_settings.test_images) == ("paper", 100)
+    with pytest.raises(ConfigError, match="evaluate.settings: .*linear_epoch"):
+        load_sweep(path, eval_overrides=["linear_epoch=3"])
+    # An unknown trial id stops the command before anything runs or is written.
+    assert main(["sweep", str(path), "--trials", "t0001", "t0042"]) == 2
+    assert "--trials t0042: no such trial in sweep.yaml; it has t0000 .. t0007" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "sweeps").exists()
