@@ -15,6 +15,7 @@ process tree, its Ray instance included.
 """
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -54,7 +55,8 @@ def _run(*args: str, fast_machine_s: float) -> str:
 
 def _sweep_file(tmp_path: Path, data_dir: Path, name: str, *, space: dict, settings: dict,
                 fixed: dict, concurrent: int = 2, storage: str | None = None,
-                protocols: tuple[str, ...] = ("linear", "knn"), baseline: bool = True) -> Path:
+                protocols: tuple[str, ...] = ("linear", "knn"), baseline: bool = True,
+                reference: dict | None = None) -> Path:
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump({
         "name": name, "experiment": str(REPO / "experiments" / "cifar10_demo.yaml"),
@@ -62,7 +64,8 @@ def _sweep_file(tmp_path: Path, data_dir: Path, name: str, *, space: dict, setti
         "search": {"mode": "grid", "space": space, "seeds": [0]},
         "evaluate": {"protocols": list(protocols), "baseline": baseline,
                      "settings": {"loader_workers": 1, **settings}},
-        "resources": {"max_concurrent_trials": concurrent}, "metric": "knn/val/k200_top1"}))
+        "resources": {"max_concurrent_trials": concurrent}, "metric": "knn/val/k200_top1",
+        **({"reference": reference} if reference else {})}))
     return path
 
 
@@ -91,7 +94,12 @@ def demo_sweep(cifar_5k, tmp_path_factory) -> tuple[Path, str]:
                        # 2-11), at half the training steps.
                        fixed={"epochs": 1, "warmup_epochs": 0, "run.checkpoint_every": 1,
                               "probe.enabled": False, "model.projector": "512-512",
-                              "data.subset": "null"})
+                              "data.subset": "null"},
+                       # The lambda ablation's reference (experiments/ablations/lambda.yaml),
+                       # so that the report's comparison is drawn from real trial records.
+                       reference={**yaml.safe_load(
+                           (REPO / "experiments" / "ablations" / "lambda.yaml").read_text()
+                       )["reference"], "ours": 0.0025})
     out = _run("sweep", str(path), fast_machine_s=200)
     return tmp / "sweeps" / "demo", out
 
@@ -157,7 +165,14 @@ def test_demo_sweep_report_and_tensorboard(demo_sweep):
     report = run_dir / "report"
     rows = (report / "results.csv").read_text().splitlines()
     assert len(rows) == 1 + 2 + 1  # header, trials, random init
-    assert {p.name for p in report.glob("*.png")} == {"accuracy_vs_lambda.png"}
+    assert {p.name for p in report.glob("*.png")} == {"accuracy_vs_lambda.png",
+                                                      "ablation_loss_lambd.png"}
+    # The paper's claim on lambda judged on the two trials' linear test accuracy.
+    markdown = (report / "results.md").read_text()
+    assert "## Against the paper: loss.lambd" in markdown
+    assert re.search(r"\| 0\.0025 \| \d+\.\d ± 0\.0 \(n=1\) \| \+0\.0 \| - \| - \|", markdown)
+    assert re.search(r"- flat within 1 point: \*\*(holds|does not hold)\*\*: the 2 points span "
+                     r"\d+\.\d \(", markdown), markdown
     scalars = EventAccumulator(str(run_dir / "trials" / "t0001" / "pretrain" / "tensorboard"))
     scalars.Reload()
     assert "loss/total" in scalars.Tags()["scalars"]
