@@ -43,8 +43,9 @@ from harness.evaluation.remote import evaluate_in_ray  # noqa: E402
 from harness.evaluation.settings import EvalSettings  # noqa: E402
 from harness.pretrain import build_trainer, check_local_resources, record_launch  # noqa: E402
 from harness.provenance import record_provenance, usable_cpus  # noqa: E402
-from harness.results import (read_baselines, read_json, read_trials, trial_dir,  # noqa: E402
-                             train_from_metrics, write_baseline, write_sweep, write_trial)
+from harness.results import (pretrain_dir, read_baselines, read_json, read_trials,  # noqa: E402
+                             train_from_metrics, trial_dir, write_baseline, write_sweep,
+                             write_trial)
 from harness.run_log import read_divergence, read_metrics  # noqa: E402
 from harness.sweep_config import SCHEDULER_METRICS, SweepConfig, load_sweep  # noqa: E402
 from harness.sweep_progress import SweepProgress  # noqa: E402
@@ -110,8 +111,8 @@ def run_trial(config: dict) -> None:
 class _Recorder(tune.Callback):
     """Driver side: trials that ended without writing their record (stopped by ASHA, killed)."""
 
-    def __init__(self, run_dir: Path, storage_uri: str | None):
-        self.run_dir, self.storage_uri = run_dir, storage_uri
+    def __init__(self, run_dir: Path, storage_uri: str | None, progress: SweepProgress):
+        self.run_dir, self.storage_uri, self.progress = run_dir, storage_uri, progress
 
     def _close(self, trial, status: str, error: str | None) -> None:
         spec = trial.config["trial"]
@@ -123,8 +124,7 @@ class _Recorder(tune.Callback):
             record.update(status=status, error=error, evals={},
                           train=train_from_metrics(metrics) if metrics else {})
             write_trial(self.run_dir, record)
-        print(f"harness sweep: {spec['trial_id']} {record['status']}"
-              + (f": {record['error']}" if record.get("error") else ""), flush=True)
+        self.progress.finish(spec["trial_id"], record["status"], record.get("error"))
         if self.storage_uri:
             upload(self.run_dir, self.storage_uri, f"trials/{spec['trial_id']}")
 
@@ -173,9 +173,13 @@ def _trial_specs(sweep: SweepConfig, todo: list, address: str | None) -> list[di
             for t in todo]
 
 
-def _tuner(sweep: SweepConfig, specs: list[dict], local: bool, concurrency: int) -> tune.Tuner:
+def _tuner(sweep: SweepConfig, specs: list[dict], local: bool, concurrency: int,
+           verbose: bool = False) -> tune.Tuner:
+    # Trials that continue from a checkpoint: the epochs their metrics.jsonl already has.
+    resumed = {s["trial_id"]: metrics[-1]["epoch"] for s in specs
+               if (metrics := read_metrics(pretrain_dir(sweep.run_dir, s["trial_id"])))}
     progress = SweepProgress({s["trial_id"]: (s["params"], s["config"]["epochs"]) for s in specs},
-                             concurrency)
+                             concurrency, resumed=resumed, redraw=not verbose)
     resources = {"CPU": 0, **({SLOT: 1} if local else {})}
     scheduler = metric = mode = None
     if sweep.scheduler:
@@ -201,7 +205,8 @@ def _tuner(sweep: SweepConfig, specs: list[dict], local: bool, concurrency: int)
         # experiment to RUN_DIR (the report writes the sweep's own).
         run_config=tune.RunConfig(name="tune", storage_path=str(sweep.run_dir / ".ray"),
                                   callbacks=[progress,
-                                             _Recorder(sweep.run_dir, sweep.storage_uri),
+                                             _Recorder(sweep.run_dir, sweep.storage_uri,
+                                                       progress),
                                              JsonLoggerCallback(),
                                              CSVLoggerCallback()], verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=0)),
@@ -302,7 +307,8 @@ def run_sweep(sweep: SweepConfig, *, address: str | None = None, resume: bool = 
                                            | set(sweep.transfer)),
                           storage_path=str(sweep.run_dir))
         if todo:
-            _tuner(sweep, _trial_specs(sweep, todo, address), local, concurrency).fit()
+            _tuner(sweep, _trial_specs(sweep, todo, address), local, concurrency,
+                   verbose).fit()
         _baseline(sweep, local)
     finally:
         if started:
