@@ -13,10 +13,11 @@ a run whose storage_path/name already holds checkpoints from the newest of them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from pathlib import Path
 
-from harness.ray_runtime import start_ray  # first: sets Ray's environment before `import ray`
+from harness.ray_runtime import ray_session  # first: sets Ray's environment before `import ray`
 
 import ray  # noqa: E402
 import ray.train  # noqa: E402
@@ -101,13 +102,9 @@ def pretrain(cfg: PretrainConfig, address: str | None = None) -> ray.train.Resul
     check_resume(cfg)
     if address is None:
         check_local_resources(cfg)
-    started = start_ray(address)
-    try:
+    with ray_session(address):
         record_launch(cfg, address)
         return build_trainer(cfg).fit()
-    finally:
-        if started:
-            ray.shutdown()
 
 
 def pretrain_command(args: argparse.Namespace) -> int:
@@ -117,8 +114,8 @@ def pretrain_command(args: argparse.Namespace) -> int:
           f"{cfg.workers.num_workers} {'GPU' if cfg.workers.use_gpu else 'CPU'} worker(s), "
           f"{cfg.epochs} epochs")
     evaluation = _eval_plan(cfg, args) if args.eval else None  # checked before training
-    started = start_ray(args.address) if evaluation else False
-    try:
+    # With --eval, one Ray session for the training and the evaluation after it.
+    with ray_session(args.address) if evaluation else contextlib.nullcontext():
         try:
             result = pretrain(cfg, address=args.address)
         except ray.train.TrainingFailedError as err:
@@ -137,9 +134,6 @@ def pretrain_command(args: argparse.Namespace) -> int:
         if evaluation:
             _evaluate_run(cfg, args, *evaluation)
         return 0
-    finally:
-        if started:
-            ray.shutdown()
 
 
 def _eval_plan(cfg: PretrainConfig, args: argparse.Namespace):

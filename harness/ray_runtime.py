@@ -22,17 +22,19 @@ the second, and a second failure says what to do.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import sys
 import time
+from collections.abc import Iterator
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 import ray  # noqa: E402  (must follow the environment variable above)
 
-__all__ = ["start_ray", "WORKER_ENV", "quiet_ray_train_logs", "RayStartError"]
+__all__ = ["start_ray", "ray_session", "WORKER_ENV", "quiet_ray_train_logs", "RayStartError"]
 
 START_ATTEMPTS = 2
 
@@ -92,6 +94,18 @@ def start_ray(address: str | None = None, *, num_cpus: int | None = None,
         ray.init(address=address, runtime_env={**runtime_env, "env_vars": env},
                  log_to_driver=log_to_driver)
     return True
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None = None, **options) -> Iterator[bool]:
+    """A command's Ray: started (or joined) on entry as `start_ray` does, shut down on exit if
+    this call started it; yields whether it did. Nested sessions share the outer one."""
+    started = start_ray(address, **options)
+    try:
+        yield started
+    finally:
+        if started:
+            ray.shutdown()
 
 
 def _children() -> set[int]:

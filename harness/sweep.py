@@ -31,7 +31,7 @@ import os
 import time
 from pathlib import Path
 
-from harness.ray_runtime import start_ray  # first: sets Ray's environment before `import ray`
+from harness.ray_runtime import ray_session  # first: sets Ray's environment before `import ray`
 
 import ray  # noqa: E402
 import ray.train  # noqa: E402
@@ -290,13 +290,12 @@ def run_sweep(sweep: SweepConfig, *, address: str | None = None, resume: bool = 
     if sweep.storage_uri:
         upload(sweep.run_dir, sweep.storage_uri, "sweep.json")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # see _tuner
-    started = start_ray(address, resources={SLOT: concurrency} if local else None,
-                        log_to_driver=verbose)
-    _link_logs(sweep.run_dir)
-    if not verbose:
-        print(f"harness sweep: the workers' output and Ray's messages go to "
-              f"{sweep.run_dir / 'logs'} (--verbose: here too)", flush=True)
-    try:
+    with ray_session(address, resources={SLOT: concurrency} if local else None,
+                     log_to_driver=verbose):
+        _link_logs(sweep.run_dir)
+        if not verbose:
+            print(f"harness sweep: the workers' output and Ray's messages go to "
+                  f"{sweep.run_dir / 'logs'} (--verbose: here too)", flush=True)
         if not local:
             from harness.cluster_check import check_cluster
 
@@ -310,9 +309,6 @@ def run_sweep(sweep: SweepConfig, *, address: str | None = None, resume: bool = 
             _tuner(sweep, _trial_specs(sweep, todo, address), local, concurrency,
                    verbose).fit()
         _baseline(sweep, local)
-    finally:
-        if started:
-            ray.shutdown()
     return read_trials(sweep.run_dir)
 
 

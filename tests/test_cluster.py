@@ -21,7 +21,7 @@ import jsonschema
 import pytest
 import yaml
 
-from harness.ray_runtime import start_ray  # first: Ray's environment before `import ray`
+from harness.ray_runtime import ray_session  # first: Ray's environment before `import ray`
 
 import ray  # noqa: E402
 from ray.autoscaler._private.util import prepare_config, validate_config  # noqa: E402
@@ -108,10 +108,8 @@ def local_ray():
     """One local Ray for the check's tests, shut down before the launches start."""
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("RAY_ADDRESS", raising=False)
-        started = start_ray(num_cpus=2)
-        yield
-        if started:
-            ray.shutdown()
+        with ray_session(num_cpus=2):
+            yield
 
 
 @pytest.mark.usefixtures("local_ray")

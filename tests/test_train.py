@@ -15,9 +15,8 @@ import torch
 import torchvision
 from torch import nn
 
-from harness.ray_runtime import start_ray  # first: Ray's environment before `import ray`
+from harness.ray_runtime import ray_session  # first: Ray's environment before `import ray`
 
-import ray  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
 from harness.checkpoint import STATE_FILE, checkpoint_dir_name, export_checkpoint  # noqa: E402
@@ -43,10 +42,8 @@ def local_ray():
         # ray.train.report waits for the controller's poll (2 s by default) once per epoch.
         mp.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
         mp.delenv("RAY_ADDRESS", raising=False)
-        started = start_ray(num_cpus=2)
-        yield
-        if started:
-            ray.shutdown()
+        with ray_session(num_cpus=2):
+            yield
 
 
 @pytest.fixture(scope="module")
