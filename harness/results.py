@@ -48,10 +48,9 @@ trial.json is not yet written but whose training has begun is read from its metr
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
+from harness.jsonio import read_json, write_json_atomic  # noqa: F401 (part of this API)
 from harness.run_log import read_metrics
 
 __all__ = ["STATUSES", "SWEEP_FILE", "TRIAL_FILE", "sweep_file", "trials_dir", "trial_dir",
@@ -93,32 +92,6 @@ def baseline_dir(run_dir: Path | str) -> Path:
 
 def report_dir(run_dir: Path | str) -> Path:
     return Path(run_dir) / "report"
-
-
-def write_json_atomic(path: Path | str, obj) -> Path:
-    """Write `obj` as JSON next to `path`, then move it over `path` in one step."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def read_json(path: Path | str):
-    """A JSON file's content; a file that does not parse is a ValueError naming it."""
-    path = Path(path)
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err}): a half-written or hand-edited "
-                         "file; rewrite it or remove it") from None
 
 
 def write_sweep(run_dir: Path | str, sweep: dict) -> Path:

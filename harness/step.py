@@ -13,7 +13,6 @@ global batch).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from typing import NamedTuple
 
@@ -24,15 +23,9 @@ from harness.config_schema import PretrainConfig
 from harness.loss import BarlowTwinsLoss
 from harness.model import BarlowTwins, convert_sync_batchnorm
 from harness.optim import LARS, apply_lr_schedule, param_groups, scaled_lr
+from harness.precision import autocast_for
 
 __all__ = ["autocast_for", "build_model", "build_loss", "build_optimizer", "StepResult", "TwinStep"]
-
-
-def autocast_for(device: torch.device):
-    """bf16 autocast on GPU (the paper trains in mixed precision); nothing on CPU."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def build_model(cfg: PretrainConfig, *, world_size: int, device: torch.device,

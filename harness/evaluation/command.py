@@ -17,7 +17,7 @@ from harness.config_schema import CliValue, ConfigError
 from harness.evaluation.backbone import load_backbone
 from harness.evaluation.runner import evaluate
 from harness.evaluation.settings import EvalSettings, parse_protocols
-from harness.results import write_json_atomic
+from harness.jsonio import write_json_atomic
 
 __all__ = ["eval_command", "print_record", "settings_from", "write_records", "default_out"]
 

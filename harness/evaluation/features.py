@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from harness.data import eval_loader
-from harness.step import autocast_for
+from harness.precision import autocast_for
 
 __all__ = ["extract_features", "topk_correct"]
 

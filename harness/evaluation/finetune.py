@@ -22,7 +22,7 @@ from harness.evaluation.features import extract_features
 from harness.evaluation.linear import even_batch, split_metrics
 from harness.evaluation.settings import EvalSettings
 from harness.optim import lr_at
-from harness.step import autocast_for
+from harness.precision import autocast_for
 
 __all__ = ["finetune"]
 

@@ -26,7 +26,7 @@ from harness.data import labelled_loader
 from harness.evaluation.features import topk_correct
 from harness.evaluation.settings import EvalSettings
 from harness.optim import lr_at
-from harness.step import autocast_for
+from harness.precision import autocast_for
 
 __all__ = ["fit_logistic", "linear_fast", "linear_paper", "split_metrics", "even_batch",
            "L2_GRID"]
