@@ -24,7 +24,7 @@ from ffcv.fields import RGBImageField
 from . import images
 from .beton import write_beton
 from .errors import PrepError
-from harness.provenance import library_versions
+from harness.provenance import library_versions, usable_cpus
 
 from .manifest import FORMAT_VERSION, commit, current_manifest, fingerprint_of, sha256_file
 from .sources import SPLITS, open_source
@@ -129,7 +129,7 @@ def prepare(source: str | Sequence[str], out: Path, *, max_resolution: int | Non
     options = PrepOptions(write_mode, jpeg_quality, max_resolution, seed, split_from, test_fraction,
                           val_fraction, val_max_per_class,
                           tuple(sorted((name, lst.sha256) for name, lst in lists.items())))
-    workers = (os.cpu_count() or 1) if num_workers is None else num_workers
+    workers = usable_cpus() if num_workers is None else num_workers
     if not _is_int(workers) or workers < 1:
         raise PrepError(f"num_workers must be a positive integer or None (all cores), "
                         f"not {num_workers!r}")
