@@ -98,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="downscale images whose longer side exceeds this")
     p.add_argument("--write-mode", choices=("jpg", "raw", "smart"), default="smart")
     p.add_argument("--jpeg-quality", type=int, default=90)
-    p.add_argument("--workers", type=int, default=None, help="processes (default: every CPU this process may use)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes (default: every CPU this process may use)")
     p.add_argument("--strict", action="store_true", help="fail on a corrupt image instead of skipping")
     p.add_argument("--split-from", default=None,
                    help="make train/test from this one labelled split (seeded, stratified)")
