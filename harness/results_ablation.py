@@ -26,7 +26,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from harness.results import metric_value
+from harness.results import metric_value, parse_column
 from harness.results_figures import save_figure
 
 __all__ = ["Curve", "markdown_section", "measured_curve", "overlay_figure", "verdicts"]
@@ -46,10 +46,6 @@ class Curve:
     points: tuple[str, ...]              # the axis's points in order (numeric, or the file's)
     values: dict[str, list[float]]       # point -> the column in % for each finished seed
     classes: int | None                  # of the evaluated data set, for chance
-
-    @property
-    def numeric(self) -> bool:
-        return all(_x(p) is not None for p in self.points)
 
     def mean(self, point: str) -> float | None:
         values = self.values.get(point)
@@ -72,7 +68,7 @@ def measured_curve(trials: list[dict], reference: dict, column: str,
         if value is None or axis not in t["params"]:
             continue
         values.setdefault(point_key(t["params"][axis]), []).append(100 * value)
-        record = t["evals"][column.split("/")[0]]
+        record = t["evals"][parse_column(column)[0]]
         classes = classes or (record.get("data") or {}).get("classes")
     points = [point_key(p) for p in order] or sorted(values)
     if all(_x(p) is not None for p in points):
@@ -178,7 +174,7 @@ def overlay_figure(reference: dict, curve: Curve, out_dir: Path) -> Path | None:
     ax = fig.subplots()
     points = [p for p in curve.points if p in ours or p in paper] + \
         [p for p in paper if p not in curve.points]
-    numeric = all(_x(p) for p in points)
+    numeric = all((_x(p) or 0) > 0 for p in points)  # a log axis needs positive places
     # A numeric axis is a curve; variants are separate points, ours and the paper's side by side.
     position = {p: _x(p) for p in points} if numeric else {p: i for i, p in enumerate(points)}
     shift, line = (0.0, "-") if numeric else (0.12, "none")

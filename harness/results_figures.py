@@ -84,7 +84,8 @@ def _figure(axis: Axis, trials: list[dict], baselines: dict, primaries: list[str
     line = 0
     for column in primaries:
         baseline = metric_value(baselines, column)
-        for j, (label, members) in enumerate(series.items()):
+        baseline_drawn = False
+        for label, members in series.items():
             by_x: dict = {}
             for t in members:
                 value = metric_value(t["evals"], column)
@@ -100,9 +101,10 @@ def _figure(axis: Axis, trials: list[dict], baselines: dict, primaries: list[str
             line += 1
             ax.errorbar(x, means, yerr=stds, color=colour, marker="o", capsize=3,
                         label=f"{column}, {label}" if label else column)
-            if baseline is not None and j == 0:
+            if baseline is not None and not baseline_drawn:  # once per column
                 ax.axhline(100 * baseline, color=colour, linestyle="--", linewidth=1,
                            label=f"{column}, random init")
+                baseline_drawn = True
     ax.set_xscale("log", base=axis.log_base)
     ticks = sorted(all_x)
     ax.set_xticks(ticks, [f"{v:g}" for v in ticks])
