@@ -11,6 +11,8 @@ import ray  # noqa: E402
 
 from processes import ray_processes  # noqa: E402
 
+pytestmark = pytest.mark.slow  # both start real Ray processes
+
 
 def test_failed_local_start_is_retried_once_then_says_what_to_do(caplog):
     before = ray_processes()
