@@ -2,7 +2,7 @@
 
 One Barlow Twins run of a recipe (default: the CPU demo recipe, experiments/cifar10_demo.yaml,
 on the training split minus its validation list), built from the worker's own pieces
-(harness.step), without Ray. Every step, each probe head is trained on the same detached
+(harness.pretrain.step), without Ray. Every step, each probe head is trained on the same detached
 backbone features of view A, with its own optimizer; after each epoch each is measured on the
 validation list. A head whose training loss stays above ln(C) (a uniform guess) or rises while
 the backbone improves does not measure anything.
@@ -23,9 +23,9 @@ from torch import nn
 from data_prep import read_manifest, validation_part
 from harness.config import load_config
 from harness.data import beton_path, eval_loader, two_view_loader
-from harness.probe import OnlineProbe
+from harness.pretrain.probe import OnlineProbe
 from harness.provenance import hardware, library_versions
-from harness.step import TwinStep, build_model, build_optimizer
+from harness.pretrain.step import TwinStep, build_model, build_optimizer
 
 REPO = Path(__file__).resolve().parents[1]
 

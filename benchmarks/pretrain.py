@@ -43,10 +43,10 @@ from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 from data_prep import prepare  # noqa: E402
 from harness.config import PretrainConfig, load_config  # noqa: E402
 from harness.data import beton_path, two_view_loader  # noqa: E402
-from harness.optim import apply_lr_schedule  # noqa: E402
-from harness.pretrain import pretrain, provenance  # noqa: E402
-from harness.run_log import read_metrics  # noqa: E402
-from harness.step import build_loss, build_model, build_optimizer  # noqa: E402
+from harness.pretrain.driver import pretrain, provenance  # noqa: E402
+from harness.pretrain.run_log import read_metrics  # noqa: E402
+from harness.pretrain.step import (TimedBatches, TwinStep, build_model,  # noqa: E402
+                                   build_optimizer)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -72,37 +72,25 @@ def bare_worker(rank: int, world: int, init_file: str, config: dict, out: str) -
         resolution=cfg.data.resolution, views=cfg.data.view_augments(), device=device,
         num_workers=cfg.data.loader_workers, seed=cfg.seed, distributed=world > 1,
         indices=training.indices)
-    # The worker's own builders (harness.step): the same model, optimizer and lr rule.
+    # The worker's own builders and step (harness.pretrain.step): the same model, optimizer, lr
+    # schedule, precision and loss. Left out: Ray, the online probe, logging, checkpoints.
     model = build_model(cfg, world_size=world, device=device)
     if world > 1:
         model = DistributedDataParallel(model)
     optimizer = build_optimizer(model, cfg)
-    loss_fn = build_loss(cfg)
     steps = len(loader)
+    train_step = TwinStep(model, optimizer, cfg, steps_per_epoch=steps, device=device)
     step, epochs = 0, []
     for _ in range(cfg.epochs):
-        start, images, wait = time.perf_counter(), 0, 0.0
-        batches = iter(loader)
-        while True:
-            t0 = time.perf_counter()
-            batch = next(batches, None)
-            wait += time.perf_counter() - t0
-            if batch is None:
-                break
-            view_a, view_b, _ = batch
-            apply_lr_schedule(optimizer, step, total_steps=cfg.epochs * steps,
-                              warmup_steps=cfg.warmup_epochs * steps)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=gpu):
-                z_a, z_b = model(view_a).z, model(view_b).z
-            loss = loss_fn(z_a, z_b).total
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+        start, images = time.perf_counter(), 0
+        batches = TimedBatches(loader)
+        for view_a, view_b, label in batches:
+            train_step(view_a, view_b, label, step)
             if gpu:
                 torch.cuda.synchronize(device)  # as the harness: data wait is not kernel time
             step += 1
             images += view_a.shape[0]
-        epochs.append((images, time.perf_counter() - start, wait))
+        epochs.append((images, time.perf_counter() - start, batches.waited))
     if rank == 0:
         Path(out).write_text(json.dumps(epochs))
     if world > 1:

@@ -27,9 +27,9 @@ from pathlib import Path
 import yaml
 
 from harness.provenance import hardware, library_versions
-from harness.results import metric_value, read_sweep, read_trials
-from harness.results_table import best_trial
-from harness.run_log import read_metrics
+from harness.results.layout import metric_value, read_sweep, read_trials
+from harness.results.table import best_trial
+from harness.pretrain.run_log import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -23,18 +23,18 @@ from ffcv.fields import RGBImageField
 
 from . import images
 from .beton import write_beton
+from . import defaults as D
+from .defaults import WRITE_MODES
 from .errors import PrepError
 from harness.provenance import library_versions, usable_cpus
 
 from .manifest import FORMAT_VERSION, commit, current_manifest, fingerprint_of, sha256_file
 from .sources import SPLITS, open_source
 from .subset_lists import SubsetList, read_lists, resolve, train_lookup
-from .subsets import (SUBSET_FRACTIONS, VAL_FRACTION, VAL_MAX_PER_CLASS, label_subset,
-                      stratified_split, validation_list)
+from .subsets import SUBSET_FRACTIONS, label_subset, stratified_split, validation_list
 
 log = logging.getLogger(__name__)
 
-WRITE_MODES = ("jpg", "raw", "smart")
 # ffcv's 'smart' mode without a threshold stores everything raw. With this one, images up to
 # 64x64 (CIFAR, STL-10, Tiny-ImageNet) stay raw - exact and cheapest to decode - and larger ones
 # are JPEG-compressed, where raw pixels would make the file ~10x bigger.
@@ -48,14 +48,14 @@ def _is_int(value) -> bool:
 @dataclass(frozen=True)
 class PrepOptions:
     """The options that shape the output files, hence the fingerprint."""
-    write_mode: str = "smart"
-    jpeg_quality: int = 90
+    write_mode: str = D.WRITE_MODE
+    jpeg_quality: int = D.JPEG_QUALITY
     max_resolution: int | None = None
-    seed: int = 0
+    seed: int = D.SEED
     split_from: str | None = None
-    test_fraction: float = 0.5
-    val_fraction: float = VAL_FRACTION           # of each class of train, carved as validation
-    val_max_per_class: int = VAL_MAX_PER_CLASS
+    test_fraction: float = D.TEST_FRACTION
+    val_fraction: float = D.VAL_FRACTION         # of each class of train, carved as validation
+    val_max_per_class: int = D.VAL_MAX_PER_CLASS
     # (name, sha256 of the file) of each imported subset list: its contents, not its path,
     # shape the outputs, so an edited list re-prepares and a moved one does not.
     subset_lists: tuple[tuple[str, str], ...] = ()
@@ -102,11 +102,11 @@ class PrepOptions:
 
 
 def prepare(source: str | Sequence[str], out: Path, *, max_resolution: int | None = None,
-            write_mode: str = "smart", jpeg_quality: int = 90, num_workers: int | None = None,
-            strict: bool = False, split_from: str | None = None, test_fraction: float = 0.5,
-            seed: int = 0, download_root: Path | None = None, progress: bool = True,
-            force: bool = False, val_fraction: float = VAL_FRACTION,
-            val_max_per_class: int = VAL_MAX_PER_CLASS,
+            write_mode: str = D.WRITE_MODE, jpeg_quality: int = D.JPEG_QUALITY,
+            num_workers: int | None = None, strict: bool = False, split_from: str | None = None,
+            test_fraction: float = D.TEST_FRACTION, seed: int = D.SEED,
+            download_root: Path | None = None, progress: bool = True, force: bool = False,
+            val_fraction: float = D.VAL_FRACTION, val_max_per_class: int = D.VAL_MAX_PER_CLASS,
             subset_lists: Mapping[str, str | Path] | None = None) -> dict:
     """Write `out/<split>.beton` for every split of `source`, label subsets and a manifest.
 

@@ -23,7 +23,6 @@ from .errors import PrepError
 # The semi-supervised protocol of SimCLR / Barlow Twins: fine-tune on 1% and 10% of the labels.
 SUBSET_FRACTIONS = {"1pct": 0.01, "10pct": 0.10}
 _SPLIT, _SUBSET, _VAL = 0, 1, 2  # keep the split's, subsets' and val's random streams apart
-VAL_FRACTION, VAL_MAX_PER_CLASS = 0.1, 100
 
 
 def _class_permutation(seed: int, purpose: int, label: int, n: int) -> np.ndarray:

@@ -85,6 +85,8 @@ def _stored_resolution(data_dir: Path, split: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from data_prep import defaults as prep_defaults  # no imports of its own
+
     parser = argparse.ArgumentParser(prog="harness", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -96,19 +98,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder for <split>.beton and manifest.json")
     p.add_argument("--max-resolution", type=int, default=None,
                    help="downscale images whose longer side exceeds this")
-    p.add_argument("--write-mode", choices=("jpg", "raw", "smart"), default="smart")
-    p.add_argument("--jpeg-quality", type=int, default=90)
+    p.add_argument("--write-mode", choices=prep_defaults.WRITE_MODES,
+                   default=prep_defaults.WRITE_MODE)
+    p.add_argument("--jpeg-quality", type=int, default=prep_defaults.JPEG_QUALITY)
     p.add_argument("--workers", type=int, default=None,
                    help="processes (default: every CPU this process may use)")
     p.add_argument("--strict", action="store_true", help="fail on a corrupt image instead of skipping")
     p.add_argument("--split-from", default=None,
                    help="make train/test from this one labelled split (seeded, stratified)")
-    p.add_argument("--test-fraction", type=float, default=0.5)
-    p.add_argument("--val-fraction", type=float, default=0.1,
+    p.add_argument("--test-fraction", type=float, default=prep_defaults.TEST_FRACTION)
+    p.add_argument("--val-fraction", type=float, default=prep_defaults.VAL_FRACTION,
                    help="share of each class of train held out as the validation list")
-    p.add_argument("--val-max-per-class", type=int, default=100,
+    p.add_argument("--val-max-per-class", type=int,
+                   default=prep_defaults.VAL_MAX_PER_CLASS,
                    help="at most this many validation images per class")
-    p.add_argument("--seed", type=int, default=0, help="seed of label subsets and splits")
+    p.add_argument("--seed", type=int, default=prep_defaults.SEED,
+                   help="seed of label subsets and splits")
     p.add_argument("--subset-list", action="append", metavar="NAME=FILE",
                    help="import a published label subset (e.g. SimCLR's ImageNet 1%%: "
                         "1pct=1percent.txt): FILE names train images one per line, as a bare "
@@ -242,7 +247,7 @@ def _cluster(args: argparse.Namespace) -> int:
 
 def _pretrain(args: argparse.Namespace) -> int:
     # Imported here: Ray and torch take seconds to import, which prep and views do not need.
-    from harness.pretrain import pretrain_command
+    from harness.pretrain.command import pretrain_command
     return pretrain_command(args)
 
 
@@ -257,12 +262,12 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from harness.sweep import sweep_command
+    from harness.sweep.run import sweep_command
     return sweep_command(args)
 
 
 def _report(args: argparse.Namespace) -> int:
-    from harness.report import report_command
+    from harness.results.report import report_command
     return report_command(args)
 
 

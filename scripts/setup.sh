@@ -29,7 +29,7 @@ MSG
     fi
 fi
 
-# The cluster launch tests (tests/test_cluster.py) run their own sshd and ray up's rsync;
+# The cluster launch tests (tests/cluster/test_cluster.py) run their own sshd and ray up's rsync;
 # without these (not root) they skip, saying so.
 TEST_APT="openssh-server rsync"
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \

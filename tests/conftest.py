@@ -108,3 +108,16 @@ def cifar_prepared(cifar_folder, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("cifar_prepared")
     prepare(str(cifar_folder), out, write_mode="raw", num_workers=2, progress=False)
     return out
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """The test module's own local Ray instance (2 CPUs, loopback), never one already running."""
+    from harness.ray_runtime import ray_session
+
+    with pytest.MonkeyPatch.context() as mp:
+        # ray.train.report waits for the controller's poll (2 s by default) once per epoch.
+        mp.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+        mp.delenv("RAY_ADDRESS", raising=False)
+        with ray_session(num_cpus=2):
+            yield

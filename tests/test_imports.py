@@ -10,9 +10,10 @@ import json
 import subprocess
 import sys
 
-DRIVER_MODULES = ("harness.cli", "harness.config", "harness.sweep", "harness.pretrain",
-                  "harness.train", "harness.evaluation.remote", "harness.evaluation.data",
-                  "harness.report", "data_prep")
+DRIVER_MODULES = ("harness.cli", "harness.config", "harness.sweep.run", "harness.pretrain.driver",
+                  "harness.pretrain.command",
+                  "harness.pretrain.worker", "harness.evaluation.remote", "harness.evaluation.data",
+                  "harness.results.report", "data_prep")
 
 
 def _python(code: str) -> list[str]:

@@ -163,7 +163,7 @@ def test_state_dict_from_before_the_variants_loads_as_barlowtwins():
 
 def test_build_optimizer_passes_the_configs_variant():
     from harness.config import load_config
-    from harness.step import build_optimizer
+    from harness.pretrain.step import build_optimizer
 
     experiments = Path(__file__).resolve().parents[1] / "experiments"
     for name, variant, clip in [("imagenet_paper.yaml", "barlowtwins", False),

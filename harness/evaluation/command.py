@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from harness.config_schema import CliValue, ConfigError
+from harness.config.schema import CliValue, ConfigError
 from harness.evaluation.backbone import load_backbone
 from harness.evaluation.runner import evaluate
 from harness.evaluation.settings import EvalSettings, parse_protocols

@@ -3,7 +3,7 @@
 fast: features are extracted once (centre crop), standardised with the training features'
 mean and std, and a multinomial logistic regression with an L2 penalty on the weights (not the
 bias) is fitted to convergence by L-BFGS. It is a convex problem with one optimum, which
-scikit-learn's LogisticRegression(C = 1 / (n * l2)) reaches too (tests/test_eval.py). Without
+scikit-learn's LogisticRegression(C = 1 / (n * l2)) reaches too (tests/evaluation/test_eval.py). Without
 an `l2`, the penalty is chosen from 1e-6 .. 1e-1 by top-1 on the validation list (never test).
 
 paper: the authors' evaluate.py: the backbone frozen in eval mode, a Linear head

@@ -9,7 +9,7 @@ from typing import Sequence
 
 import ray
 
-from harness.config_schema import WorkersConfig
+from harness.config.schema import WorkersConfig
 from harness.evaluation.settings import EvalSettings
 
 __all__ = ["evaluate_in_ray"]
@@ -42,7 +42,7 @@ def evaluate_in_ray(source: Path | str, protocols: Sequence[str], data_dir: Path
         raise ValueError(f"init={init!r}: choose pretrained, random or both")
     cpus = workers.cpus_per_worker * (1 if workers.use_gpu else workers.num_workers)
     # "DEFAULT": outside the caller's placement group. A sweep trial's function holds a bundle
-    # with no CPU (harness.sweep); a task captured into it could never be scheduled.
+    # with no CPU (harness.sweep.run); a task captured into it could never be scheduled.
     task = ray.remote(_task).options(num_cpus=cpus, num_gpus=1 if workers.use_gpu else 0,
                                      max_retries=0, scheduling_strategy="DEFAULT")
     return ray.get(task.remote(str(source), list(protocols),

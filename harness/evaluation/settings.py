@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from harness.config_schema import ConfigError, _build, _fail, _positive, _Section
+from harness.config.schema import ConfigError, Section, build_section, fail, require_positive
 
 __all__ = ["EvalSettings", "PROTOCOLS", "LINEAR_MODES", "parse_protocols"]
 
@@ -38,7 +38,7 @@ def parse_protocols(names) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
-class EvalSettings(_Section):
+class EvalSettings(Section):
     SECTION: ClassVar[str] = "eval"
     # Images are resized to the resolution the backbone was trained at, unless set here.
     resolution: int | None = None
@@ -71,22 +71,22 @@ class EvalSettings(_Section):
 
     def __post_init__(self):
         self._check_types()
-        _positive(self, "batch_size", "loader_workers", "knn_temperature", "linear_epochs",
+        require_positive(self, "batch_size", "loader_workers", "knn_temperature", "linear_epochs",
                   "linear_lr", "semi_epochs", "semi_lr_head")
         if self.resolution is not None and not 8 <= self.resolution <= 1024:
-            _fail(self._key("resolution"), f"must lie in [8, 1024] pixels, got {self.resolution}")
+            fail(self._key("resolution"), f"must lie in [8, 1024] pixels, got {self.resolution}")
         for key in ("train_images", "val_images", "test_images"):
             value = getattr(self, key)
             if value is not None and value < 2:
-                _fail(self._key(key), "must be >= 2, or null for the whole split")
+                fail(self._key(key), "must be >= 2, or null for the whole split")
         if self.linear_mode not in LINEAR_MODES:
-            _fail(self._key("linear_mode"), f"{self.linear_mode!r}: choose one of {LINEAR_MODES}")
+            fail(self._key("linear_mode"), f"{self.linear_mode!r}: choose one of {LINEAR_MODES}")
         if self.linear_l2 is not None and self.linear_l2 < 0:
-            _fail(self._key("linear_l2"), "must be >= 0, or null to choose it on held-out data")
+            fail(self._key("linear_l2"), "must be >= 0, or null to choose it on held-out data")
         if min(self.linear_weight_decay, self.semi_weight_decay, self.semi_lr_backbone) < 0:
-            _fail(self._key("semi_lr_backbone"), "learning rates and weight decays must be >= 0")
+            fail(self._key("semi_lr_backbone"), "learning rates and weight decays must be >= 0")
         if not 0 <= self.linear_momentum < 1:
-            _fail(self._key("linear_momentum"), f"must lie in [0, 1), got {self.linear_momentum}")
+            fail(self._key("linear_momentum"), f"must lie in [0, 1), got {self.linear_momentum}")
         self.knn_ks()
         self.semi_subset_names()
 
@@ -94,18 +94,18 @@ class EvalSettings(_Section):
         try:
             ks = tuple(int(k) for k in self.knn_k.replace(" ", "").split(","))
         except ValueError:
-            _fail(self._key("knn_k"), f"{self.knn_k!r}: expected comma-separated integers, "
+            fail(self._key("knn_k"), f"{self.knn_k!r}: expected comma-separated integers, "
                                       "e.g. 20,200")
         if not ks or min(ks) < 1:
-            _fail(self._key("knn_k"), f"{self.knn_k!r}: every k must be >= 1")
+            fail(self._key("knn_k"), f"{self.knn_k!r}: every k must be >= 1")
         return ks
 
     def semi_subset_names(self) -> tuple[str, ...]:
         names = tuple(s for s in self.semi_subsets.replace(" ", "").split(",") if s)
         if not names:
-            _fail(self._key("semi_subsets"), "name at least one label subset, e.g. 1pct,10pct")
+            fail(self._key("semi_subsets"), "name at least one label subset, e.g. 1pct,10pct")
         return names
 
     @classmethod
     def from_dict(cls, raw: dict) -> EvalSettings:
-        return _build(cls, raw, "eval.")
+        return build_section(cls, raw, "eval.")

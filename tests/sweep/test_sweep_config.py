@@ -1,0 +1,248 @@
+"""Sweep files: the trial list they expand to, and the errors they give before Ray starts."""
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from harness.config import ConfigError
+from harness.sweep.config import load_sweep
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _write(tmp_path: Path, cifar_prepared: Path, **changes) -> Path:
+    raw = {"name": "s", "experiment": str(REPO / "experiments" / "cifar10_demo.yaml"),
+           "storage_path": str(tmp_path / "sweeps"),
+           "set": {"data.dir": str(cifar_prepared), "data.subset": None, "batch_size": 64},
+           "search": {"mode": "grid", "space": {"loss.lambd": [0.002, 0.02],
+                                                "model.projector": ["64-64", "128-128"]},
+                      "seeds": [0, 1]},
+           "evaluate": {"protocols": ["linear", "knn"]}}
+    for key, value in changes.items():
+        if value is None:
+            raw.pop(key, None)
+        else:
+            raw[key] = value
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_grid_expands_every_point_per_seed(tmp_path, cifar_prepared):
+    sweep = load_sweep(_write(tmp_path, cifar_prepared))
+    assert [t.trial_id for t in sweep.trials] == [f"t{i:04d}" for i in range(8)]
+    assert sweep.trials[0].params == {"loss.lambd": 0.002, "model.projector": "64-64", "seed": 0}
+    assert sweep.trials[7].params == {"loss.lambd": 0.02, "model.projector": "128-128", "seed": 1}
+    cfg = sweep.trials[7].config
+    assert (cfg.loss.lambd, cfg.model.projector, cfg.seed, cfg.batch_size) == (0.02, "128-128", 1, 64)
+    assert cfg.data.subset is None
+    assert cfg.run.run_dir == tmp_path / "sweeps" / "s" / "trials" / "t0007" / "pretrain"
+
+
+def test_random_search_is_seeded_and_in_bounds(tmp_path, cifar_prepared):
+    search = {"mode": "random", "num_samples": 5, "seed": 3,
+              "space": {"loss.lambd": {"loguniform": [1e-3, 1e-1]},
+                        "batch_size": [32, 64], "optimizer.lr_weights": {"uniform": [0.1, 0.5]}}}
+    first = load_sweep(_write(tmp_path, cifar_prepared, search=search))
+    again = load_sweep(_write(tmp_path, cifar_prepared, search=search))
+    assert [t.params for t in first.trials] == [t.params for t in again.trials]
+    assert len({t.params["loss.lambd"] for t in first.trials}) == 5
+    for t in first.trials:
+        assert 1e-3 <= t.params["loss.lambd"] <= 1e-1 and t.params["batch_size"] in (32, 64)
+        assert t.config.batch_size == t.params["batch_size"]
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"search": {"space": {"loss.lambd": {"loguniform": [1e-3, 1e-1]}}}}, "a grid needs a list"),
+    ({"search": {"mode": "random", "space": {"loss.lambd": {"normal": [0, 1]}}}},
+     "expected a list or one of"),
+    ({"search": {"space": {"loss.lamb": [0.1]}}}, "loss.lamb: unknown key"),
+    ({"search": {"space": {"batch_size": [4096]}}}, "trial t0000"),
+    ({"search": {"space": {}}}, "name at least one config key"),
+    ({"storage_path": "nosuchscheme://bucket/sweeps"}, "cannot open 'nosuchscheme://bucket/sweeps/s'"),
+    ({"evaluate": {"protocols": ["linear", "probe"]}}, "unknown evaluation protocol 'probe'"),
+    ({"evaluate": {"settings": {"knn_k": "x"}}}, "evaluate.settings"),
+    ({"scheduler": {"type": "asha", "metric": "knn/k200_top1"}}, "reports every epoch"),
+    ({"experiment": None}, "must name the pretraining config"),
+    ({"extra": 1}, "extra: unknown key"),
+    ({"search": {"space": {"loss.lambd": [0.1]}, "seeds": [0, "one"]}},
+     "search.seeds[1]: expected an integer, got 'one'"),
+    ({"search": {"space": {"loss.lambd": [0.1]}, "mod": "grid"}},
+     "search.mod: unknown key in section 'search' (did you mean 'mode'?)"),
+    ({"resources": {"max_concurrent_trials": 0}}, "resources.max_concurrent_trials: must be"),
+    ({"scheduler": {"type": "asha", "reduction_factor": 1}},
+     "scheduler.reduction_factor: must be >= 2"),
+    ({"set": {"optimizer.lr_weights": {"a": 1}}}, "optimizer.lr_weights: a swept value must be"),
+])
+def test_bad_sweep_files(tmp_path, cifar_prepared, changes, message):
+    path = _write(tmp_path, cifar_prepared, **changes)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_sweep(path)
+
+
+def test_metrics_read_val(tmp_path, cifar_prepared):
+    sweep = load_sweep(_write(tmp_path, cifar_prepared, metric="knn/val/k200_top1",
+                              scheduler={"type": "asha"}))
+    assert sweep.metric == "knn/val/k200_top1" and sweep.describe()["metric"] == sweep.metric
+    assert sweep.scheduler["metric"] == "probe/val_top1"
+    demo = yaml.safe_load((REPO / "experiments" / "sweep_cifar10_demo.yaml").read_text())
+    assert demo["metric"] == "knn/val/k200_top1"
+
+
+@pytest.mark.parametrize("metric, says", [
+    ("knn/test/k200_top1", "reads the test split"),
+    ("knn/k200_top1", "names no split"),  # the old spelling, before records had splits
+])
+def test_metric_on_test_is_refused_with_the_val_spelling(tmp_path, cifar_prepared, metric, says):
+    with pytest.raises(ConfigError) as err:
+        load_sweep(_write(tmp_path, cifar_prepared, metric=metric))
+    message = str(err.value)
+    assert message.startswith(f"metric: {metric!r} {says}")
+    assert "selected on the validation split only, and test is for reporting" in message
+    assert message.endswith("write metric: knn/val/k200_top1")
+
+
+@pytest.mark.parametrize("metric, says", [
+    ("semi-1pct/val/top1", ("this sweep runs no evaluation 'semi-1pct' (evaluate.protocols: "
+                            "linear, knn); name one of: linear, knn")),
+    ("transfer-/val/top1", "this sweep runs no evaluation 'transfer-'"),
+    ("top1", "expected <eval>/val/<measure>"),
+])
+def test_metric_names_an_evaluation_of_the_sweep(tmp_path, cifar_prepared, metric, says):
+    with pytest.raises(ConfigError, match=f"^metric: {metric!r}: {says}".replace("(", r"\(")
+                       .replace(")", r"\)")):
+        load_sweep(_write(tmp_path, cifar_prepared, metric=metric,
+                          evaluate={"protocols": ["linear", "knn"]}))
+    transfer = load_sweep(_write(tmp_path, cifar_prepared, metric="transfer-tiny/val/top1",
+                                 evaluate={"protocols": ["linear", "semi", "transfer"]}))
+    assert transfer.metric == "transfer-tiny/val/top1"
+
+
+def test_old_probe_scheduler_metric_says_it_was_renamed(tmp_path, cifar_prepared):
+    with pytest.raises(ConfigError) as err:
+        load_sweep(_write(tmp_path, cifar_prepared, scheduler={"type": "asha", "metric": "probe/top1"}))
+    message = str(err.value)
+    assert message.startswith("scheduler.metric: 'probe/top1' was renamed probe/val_top1")
+    assert "scored on the validation split" in message and "never reads the test set" in message
+    assert message.endswith("write metric: probe/val_top1")
+
+
+@pytest.mark.parametrize("metric", ["probe/test_top1", "knn/test/k200_top1"])
+def test_test_scheduler_metric_is_refused(tmp_path, cifar_prepared, metric):
+    with pytest.raises(ConfigError) as err:
+        load_sweep(_write(tmp_path, cifar_prepared, scheduler={"type": "asha", "metric": metric}))
+    message = str(err.value)
+    assert message.startswith(f"scheduler.metric: {metric!r} reads the test split")
+    assert "choices read the validation split only (test is for reporting)" in message
+    assert message.endswith("choose one of: probe/val_top1, loss/total")
+
+
+def test_uri_storage_works_locally_and_mirrors(tmp_path, cifar_prepared, monkeypatch):
+    monkeypatch.setenv("BT_SWEEP_CACHE", str(tmp_path / "cache"))
+    sweep = load_sweep(_write(tmp_path, cifar_prepared, storage_path=f"file://{tmp_path / 'bucket'}"))
+    assert sweep.storage_uri == f"file://{tmp_path / 'bucket'}/s"
+    assert sweep.run_dir == tmp_path / "cache" / "s"
+    assert (tmp_path / "bucket" / "s").is_dir()  # opened and written before any trial
+
+
+ABLATIONS = REPO / "experiments" / "ablations"
+
+
+@pytest.mark.parametrize("name", ["lambda", "batch_size", "projector_width", "loss_terms",
+                                  "augmentations"])
+def test_every_ablation_file_validates(name):
+    sweep = load_sweep(ABLATIONS / f"{name}.yaml", check_data=False)
+    assert sweep.seeds == (0, 1, 2) and all(t.config.epochs == 300 for t in sweep.trials)
+    assert sweep.eval_settings.linear_mode == "paper"
+    if name == "augmentations":
+        assert sweep.reference is None  # no published numbers in the reference notes
+    else:
+        assert sweep.reference["axis"] in sweep.space and sweep.reference["claims"]
+    # The GPU-hour budget is stated at the top of the file: trials x about 1 GPU-hour.
+    header = (ABLATIONS / f"{name}.yaml").read_text().split("\nbase:")[0]
+    assert f"{len(sweep.trials)} trials" in header and "GPU-hours" in header
+
+
+def test_a_group_sets_its_keys_together():
+    sweep = load_sweep(ABLATIONS / "batch_size.yaml", check_data=False)
+    by_batch = {t.params["batch"]: t for t in sweep.trials if t.params["seed"] == 0}
+    assert list(by_batch) == ["128", "256", "512", "1024", "2048", "4096"]
+    # The paper's table: each batch size with its learning rate, one trial per pair, no grid.
+    for label, lr in (("128", 0.7), ("256", 0.4), ("4096", 0.2)):
+        cfg = by_batch[label].config
+        assert (cfg.batch_size, cfg.optimizer.lr_weights, cfg.optimizer.lr_biases) == \
+            (int(label), lr, lr)
+    assert by_batch["128"].params == {"batch": "128", "batch_size": 128,
+                                      "optimizer.lr_weights": 0.7, "optimizer.lr_biases": 0.7,
+                                      "seed": 0}
+    assert sweep.reference["ours"] == "256" and sweep.reference["baseline"] == "2048"
+    assert sweep.reference["values"]["128"] == 69.7
+
+    terms = {t.params["variant"]: t.config
+             for t in load_sweep(ABLATIONS / "loss_terms.yaml", check_data=False).trials}
+    assert (terms["baseline"].loss.terms, terms["baseline"].loss.normalize,
+            terms["baseline"].model.projector_bn) == ("both", "batch", True)
+    assert terms["invariance only"].loss.terms == "invariance"
+    assert terms["feature normalisation"].loss.normalize == "feature"
+    assert terms["no projector BN"].model.projector_bn is False
+    views = {t.params["variant"]: t.config.data.view_augments()
+             for t in load_sweep(ABLATIONS / "augmentations.yaml", check_data=False).trials}
+    assert all(v.crop_scale == (1.0, 1.0) and v.crop_ratio == (1.0, 1.0) for v in views["no crop"])
+    assert [v.flip_p for v in views["no flip"]] == [0.0, 0.0]
+    assert [v.flip_p for v in views["baseline"]] == [0.5, 0.5]
+
+
+def _ablation(tmp_path, cifar_prepared, space, reference):
+    return _write(tmp_path, cifar_prepared, search={"mode": "grid", "space": space, "seeds": [0]},
+                  reference=reference)
+
+
+@pytest.mark.parametrize("space, reference, message", [
+    ({"variant": {"a": {"loss.lambd": 0.01}}, "loss.lambd": [0.002]}, None,
+     "search.space.variant.a.loss.lambd: loss.lambd is also swept as its own axis"),
+    ({"loss.terms": {"a": {"loss.lambd": 0.01}}}, None,
+     "search.space.loss.terms: a group of named settings needs a name that is not a config key"),
+    ({"variant": {"a": {"loss.terms": "neither"}}}, None, "loss.terms"),
+    ({"loss.lambd": [0.002, 0.0051]}, {"source": "x", "axis": "batch_size", "claims": [{"flat": 1}]},
+     "reference.axis: 'batch_size' is not swept"),
+    ({"loss.lambd": [0.002, 0.0051], "batch_size": [32]},
+     {"source": "x", "axis": "loss.lambd", "claims": [{"flat": 1}]},
+     "an ablation sweeps its axis alone (and seeds), but search.space also sweeps batch_size"),
+    ({"loss.lambd": [0.002, 0.02]}, {"source": "x", "axis": "loss.lambd", "claims": [{"flat": 1}]},
+     "reference.ours: 0.0051 (the curve's own baseline) is not a point of the sweep"),
+    ({"variant": {"a": {}, "b": {"loss.terms": "invariance"}}},
+     {"source": "x", "axis": "variant", "claims": [{"flat": 1}]},
+     "reference.ours: name the label of variant the others are compared with, one of: a, b"),
+    ({"loss.lambd": [0.002, 0.0051]},
+     {"source": "x", "axis": "loss.lambd", "values": {0.002: 70.0}, "baseline": 0.005,
+      "claims": [{"flat": 1}]}, "reference.baseline: 0.005: name the paper's own point"),
+    ({"loss.lambd": [0.002, 0.0051]},
+     {"source": "x", "axis": "loss.lambd", "claims": [{"flat": 1, "point": 0.002}]},
+     "reference.claims: {'flat': 1, 'point': 0.002}: expected one of"),
+    ({"loss.lambd": [0.002, 0.0051]},
+     {"source": "x", "axis": "loss.lambd", "claims": [{"point": 0.01, "within": 1}]},
+     "0.01 is not a point of the sweep"),
+    ({"loss.lambd": [0.002, 0.0051]}, {"axis": "loss.lambd", "claims": [{"flat": 1}]},
+     "reference.source: required"),
+])
+def test_bad_groups_and_references_are_refused(tmp_path, cifar_prepared, space, reference, message):
+    with pytest.raises(ConfigError) as err:
+        load_sweep(_ablation(tmp_path, cifar_prepared, space, reference))
+    assert message in str(err.value)
+
+
+def test_eval_set_and_trials_are_checked_before_ray_starts(tmp_path, cifar_prepared, capsys):
+    from harness.cli import main
+
+    path = _write(tmp_path, cifar_prepared)
+    sweep = load_sweep(path, eval_overrides=["linear_mode=paper", "eval.test_images=100"])
+    assert (sweep.eval_settings.linear_mode, sweep.eval_settings.test_images) == ("paper", 100)
+    with pytest.raises(ConfigError, match="evaluate.settings: .*linear_epoch"):
+        load_sweep(path, eval_overrides=["linear_epoch=3"])
+    # An unknown trial id stops the command before anything runs or is written.
+    assert main(["sweep", str(path), "--trials", "t0001", "t0042"]) == 2
+    assert "--trials t0042: no such trial in sweep.yaml; it has t0000 .. t0007" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "sweeps").exists()
