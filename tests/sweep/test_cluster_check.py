@@ -27,7 +27,7 @@ class TestCheckCluster:
                           data_dirs=[str(cifar_prepared), str(tmp_path / "nope")],
                           storage_path=str(tmp_path / "runs"))
         message = str(err.value)
-        assert f"{tmp_path / 'nope'} is not a cifar_prepared data set" in message
+        assert f"{tmp_path / 'nope'} is not a prepared data set" in message
         assert "node 127.0.0.1" in message and "harness stage" in message
         assert f"--to {tmp_path} --only nope" in message
         assert str(cifar_prepared) not in message.replace(str(tmp_path / "nope"), "")
