@@ -8,7 +8,7 @@ from importlib import metadata
 from pathlib import Path
 
 __all__ = ["DISTRIBUTIONS", "library_versions", "git_revision", "hardware", "record_provenance",
-           "usable_cpus"]
+           "usable_cpus", "cpu_quota"]
 
 DISTRIBUTIONS = ("torch", "torchvision", "ray", "ffcv", "numpy", "numba", "pillow")
 _REPO = Path(__file__).resolve().parents[1]
@@ -54,10 +54,58 @@ def usable_cpus() -> int:
     return os.cpu_count() or 1
 
 
+def _quota_file(path: Path, v2: bool) -> float | None:
+    """CPUs one cgroup's own limit allows (cpu.max, or cpu.cfs_quota_us / cpu.cfs_period_us)."""
+    try:
+        if v2:
+            quota, period = (path / "cpu.max").read_text().split()[:2]
+            return None if quota == "max" else int(quota) / int(period)
+        quota = int((path / "cpu.cfs_quota_us").read_text())
+        return None if quota < 0 else quota / int((path / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def cpu_quota(proc_cgroup: str | None = None, root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """The CPUs this process's cgroups let it use in all (a container's or a runner's CPU
+    limit: cgroup v1 cpu.cfs_quota_us or v2 cpu.max, the tightest along the path from the
+    root), or None without such a limit. Unlike the affinity mask (usable_cpus), a quota
+    leaves every core visible and shares one allowance among all of them. proc_cgroup: the
+    text of /proc/self/cgroup (read when None); root: where the hierarchies are mounted."""
+    if proc_cgroup is None:
+        try:
+            proc_cgroup = Path("/proc/self/cgroup").read_text()
+        except OSError:
+            return None
+    limits = []
+    for line in proc_cgroup.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        if controllers == "":
+            mounts, v2 = [root, root / "unified"], True
+        elif "cpu" in controllers.split(","):
+            mounts, v2 = [root / controllers, root / "cpu", root / "cpu,cpuacct"], False
+        else:
+            continue
+        # The hierarchy's mount: its root holds the controller's own files.
+        marker = "cgroup.controllers" if v2 else "cpu.cfs_period_us"
+        mount = next((m for m in mounts if (m / marker).is_file()), None)
+        if mount is None:
+            continue
+        node = Path(path)
+        for ancestor in (node, *node.parents):
+            limit = _quota_file(mount / str(ancestor).lstrip("/"), v2)
+            if limit is not None:
+                limits.append(limit)
+    return min(limits) if limits else None
+
+
 def hardware() -> dict:
     cpus = usable_cpus()
     return {"machine": platform.machine(), "processor": platform.processor() or None,
-            "cpus": cpus, "gpus": _gpu_names(), "host": platform.node()}
+            "cpus": cpus, "cpu_quota": cpu_quota(), "gpus": _gpu_names(), "host": platform.node()}
 
 
 def record_provenance() -> dict:

@@ -7,7 +7,8 @@
 # they start Ray or compile FFCV pipelines) spend part of their time waiting on Ray's processes
 # to start and to report; the fast ones (pure computation, no Ray) run beside them at the lowest
 # CPU priority (nice 19), so they take only the CPU the slow ones leave idle and never delay a
-# Ray start-up. Every test runs; the suite fails if either run fails or collects nothing.
+# Ray start-up. Every test runs; the suite fails if either run fails or collects nothing. Under
+# a CPU quota below the machine's cores they run as one pytest instead (below).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -17,6 +18,16 @@ export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
 PYTEST=(.venv/bin/python -m pytest)
 if [ $# -gt 0 ]; then
     exec "${PYTEST[@]}" "$@"
+fi
+
+# Under a CPU quota (a container's limit, ../shared/tools/throttled) an idle core is no idle
+# CPU: the quota is one allowance for all cores, and a nice 19 process on a free core spends it
+# as fast as any other. There the fast tests would take the slow ones' CPU, so they run after.
+quota=$(.venv/bin/python -c "from harness.provenance import cpu_quota, usable_cpus
+q = cpu_quota(); print('' if q is None or q >= usable_cpus() else q)")
+if [ -n "$quota" ]; then
+    echo "test.sh: a CPU quota of $quota cores: one pytest run, the fast tests with the slow ones"
+    exec "${PYTEST[@]}"
 fi
 
 fast_log=$(mktemp "${TMPDIR:-/tmp}/barlow-fast-tests.XXXXXX")
