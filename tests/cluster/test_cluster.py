@@ -14,6 +14,7 @@ import re
 import shutil
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import jsonschema
@@ -34,6 +35,9 @@ pytestmark = pytest.mark.slow
 
 VENV_BIN = Path(sys.executable).parent
 CLUSTER_FILES = sorted(REPO.glob("cluster*.yaml"))
+# Ray keeps one ssh control socket per user and cluster name in /tmp, outside any sandbox:
+# two test runs on one machine (a run beside CI) must not share one, so each names its own.
+RUN_TAG = uuid.uuid4().hex[:8]
 RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token",
            "RAY_USAGE_STATS_ENABLED": "0"}
 
@@ -120,10 +124,12 @@ def sandbox(tmp_path):
     # Token authentication on (RAY_AUTH_MODE=token): the head and every client read the
     # token from this HOME, as a cluster's nodes would from a synced ~/.ray/auth_token.
     box.run([str(VENV_BIN / "ray"), "get-auth-token", "--generate"])
-    control = set(Path("/tmp").glob("ray_ssh_*"))
+    # Ray's ssh control sockets: /tmp/ray_ssh_<user hash>/<cluster name hash>. The user's
+    # folder is shared with any other run on the machine; only this test's cluster folders go.
+    control = set(Path("/tmp").glob("ray_ssh_*/*"))
     yield box
     box.close()
-    for leftover in set(Path("/tmp").glob("ray_ssh_*")) - control:   # ssh control sockets
+    for leftover in set(Path("/tmp").glob("ray_ssh_*/*")) - control:
         shutil.rmtree(leftover, ignore_errors=True)
 
 
@@ -138,7 +144,7 @@ def test_local_provider_cluster_up_exec_job_down(sandbox, tmp_path, cifar_small_
     ray_bin = VENV_BIN / "ray"
     cluster = tmp_path / "local.yaml"
     cluster.write_text(yaml.safe_dump({
-        "cluster_name": "barlow-local-test",
+        "cluster_name": f"barlow-local-test-{RUN_TAG}",
         "provider": {"type": "local", "head_ip": "127.0.0.1", "worker_ips": []},
         "auth": {"ssh_user": "root", "ssh_private_key": str(sshd.key)},
         "setup_commands": [f"grep -q {VENV_BIN} ~/.bashrc || "
@@ -197,9 +203,10 @@ def _moto_copy(tmp_path: Path, sshd: Sshd) -> Path:
       instance address routed to the sandbox's sshd by a proxy command;
     - the apt line goes: it would install packages from the internet onto this machine. The
       bucket line stays but is skipped: /mnt/results is already a mount point in the sandbox
-      (a local folder holding a cifar_small_prepared data set, standing in for the bucket).
+      (a local folder holding a prepared data set, standing in for the bucket).
     """
     config = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    config["cluster_name"] = f"{config['cluster_name']}-{RUN_TAG}"  # its own ssh control path
     config["auth"] = {"ssh_user": "root", "ssh_private_key": str(sshd.key),
                       "ssh_proxy_command": "bash -c 'exec 3<>/dev/tcp/127.0.0.1/22; "
                                            "cat <&3 & exec cat >&3'"}
@@ -272,7 +279,8 @@ def test_aws_cluster_file_launches_against_moto(sandbox, tmp_path, cifar_small_p
     # Set up: the checkout synced without git-ignored files, the data set staged to local disk.
     assert (checkout / "scripts" / "setup.sh").is_file()
     assert not list(checkout.rglob("__pycache__"))
-    assert (checkout / "runs" / "main" / "data" / cifar_small_prepared.name / "manifest.json").is_file()
+    staged = checkout / "runs" / "main" / "data" / cifar_small_prepared.name
+    assert (staged / "manifest.json").is_file()
     assert sandbox.ray_processes(), "ray start --head did not leave Ray running on the head"
 
     sandbox.run([str(VENV_BIN / "ray"), "down", "-y", str(cluster)], timeout=guard(30), cwd=REPO)
