@@ -73,13 +73,17 @@ def shared_datasets() -> Path:
     return datasets_root()
 
 
+def cifar_image_folder(root: Path, dest: Path, train: int, test: int) -> Path:
+    """A real CIFAR-10 image folder in `dest`: `train` and `test` images per class."""
+    extract_subset(root / "cifar10" / "train.tar.gz", dest, per_class=train)
+    extract_subset(root / "cifar10" / "test.tar.gz", dest, per_class=test)
+    return dest
+
+
 @pytest.fixture(scope="session")
 def cifar_folder(tmp_path_factory, shared_datasets) -> Path:
     """CIFAR-10 image folder: 40 train and 10 test images per class (real JPEGs)."""
-    dest = tmp_path_factory.mktemp("cifar10")
-    extract_subset(shared_datasets / "cifar10" / "train.tar.gz", dest, per_class=40)
-    extract_subset(shared_datasets / "cifar10" / "test.tar.gz", dest, per_class=10)
-    return dest
+    return cifar_image_folder(shared_datasets, tmp_path_factory.mktemp("cifar10"), 40, 10)
 
 
 @pytest.fixture(scope="session")

@@ -26,7 +26,7 @@ from harness.ray_runtime import ray_session  # noqa: F401  (first: Ray's environ
 import ray  # noqa: E402
 from ray.autoscaler._private.util import prepare_config, validate_config  # noqa: E402
 
-from conftest import REPO, extract_subset  # noqa: E402
+from conftest import REPO, cifar_image_folder  # noqa: E402
 from data_prep import prepare  # noqa: E402
 from loopback_sandbox import Sandbox, Sshd, unavailable  # noqa: E402
 from processes import guard  # noqa: E402
@@ -92,10 +92,7 @@ def test_broken_cluster_file_fails_validation(breakage):
 @pytest.fixture(scope="module")
 def cifar_small_folder(tmp_path_factory, shared_datasets) -> Path:
     """A small real CIFAR-10 folder: 10 train and 2 test images per class."""
-    dest = tmp_path_factory.mktemp("cifar_small")
-    extract_subset(shared_datasets / "cifar10" / "train.tar.gz", dest, per_class=10)
-    extract_subset(shared_datasets / "cifar10" / "test.tar.gz", dest, per_class=2)
-    return dest
+    return cifar_image_folder(shared_datasets, tmp_path_factory.mktemp("cifar_small"), 10, 2)
 
 
 @pytest.fixture(scope="module")
