@@ -34,10 +34,10 @@ def reference_loss(z_a, z_b, lambd, scale):
     return scale * (on_diag + lambd * off_diag), on_diag, off_diag
 
 
-def reference_ablation_loss(z_a, z_b, lambd, scale, terms, normalize):
-    """The paper's loss ablations written out element by element: standardise each column
-    (batch), each row (feature: one image's D values, mean 0, biased std 1) or nothing (none);
-    C_ij = sum_b a_bi b_bj / N; keep both terms, the invariance term or the redundancy one."""
+def reference_c(z_a, z_b, normalize):
+    """C element by element, as a list of lists of 0-d tensors: standardise each column (batch),
+    each row (feature: one image's D values, mean 0, biased std 1) or nothing (none), then
+    C_ij = sum_b a_bi b_bj / N."""
     z_a, z_b = z_a.double(), z_b.double()
     n, d = z_a.shape
 
@@ -51,6 +51,15 @@ def reference_ablation_loss(z_a, z_b, lambd, scale, terms, normalize):
 
     a, b = standardise(z_a), standardise(z_b)
     c = [[sum(a[k, i] * b[k, j] for k in range(n)) / n for j in range(d)] for i in range(d)]
+    return c
+
+
+def reference_ablation_loss(z_a, z_b, lambd, scale, terms, normalize):
+    """The paper's loss ablations written out element by element: standardise each column
+    (batch), each row (feature: one image's D values, mean 0, biased std 1) or nothing (none);
+    C_ij = sum_b a_bi b_bj / N; keep both terms, the invariance term or the redundancy one."""
+    d = z_a.shape[1]
+    c = reference_c(z_a, z_b, normalize)
     on_diag = sum((1 - c[i][i]) ** 2 for i in range(d))
     off_diag = sum(c[i][j] ** 2 for i in range(d) for j in range(d) if i != j)
     kept = {"both": on_diag + lambd * off_diag, "invariance": on_diag,
@@ -68,6 +77,61 @@ def test_ablations_match_their_formula(terms, normalize):
     torch.testing.assert_close(parts.total, total, rtol=1e-10, atol=0)
     torch.testing.assert_close(parts.on_diag, on_diag, rtol=1e-10, atol=0)
     torch.testing.assert_close(parts.off_diag, off_diag, rtol=1e-10, atol=0)
+
+
+def reference_cross_entropy(z_a, z_b, lambd, scale, temperature, normalize="batch"):
+    """The paper's cross-entropy with temperature (Section 4, loss-function ablations), one
+    element at a time, times scale:
+        -log sum_i exp(C_ii / t) + lambd * log sum_i sum_{j!=i} exp(max(C_ij, 0) / t)"""
+    c = reference_c(z_a, z_b, normalize)
+    d = len(c)
+    on = sum(torch.exp(c[i][i] / temperature) for i in range(d))
+    off = sum(torch.exp(torch.clamp(c[i][j], min=0) / temperature)
+              for i in range(d) for j in range(d) if j != i)
+    return scale * (-torch.log(on) + lambd * torch.log(off))
+
+
+@pytest.mark.parametrize("temperature, lambd, normalize", [(0.1, 1.0, "batch"), (0.5, 0.3, "batch"),
+                                                           (0.2, 2.0, "feature")])
+def test_cross_entropy_matches_its_formula(temperature, lambd, normalize):
+    z_a, z_b = (z.requires_grad_() for z in random_views(n=7, d=5))
+    loss = BarlowTwinsLoss(lambd=lambd, scale=0.5, eps=0.0, normalize=normalize,
+                           kind="cross_entropy", temperature=temperature)
+    parts = loss(z_a, z_b)
+    expected = reference_cross_entropy(z_a, z_b, lambd, 0.5, temperature, normalize)
+    torch.testing.assert_close(parts.total, expected, rtol=1e-10, atol=0)
+    # The gradient too: max(C_ij, 0) passes none for negative correlations.
+    ours = torch.autograd.grad(parts.total, (z_a, z_b))
+    ref = torch.autograd.grad(expected, (z_a, z_b))
+    for g_ours, g_ref in zip(ours, ref):
+        torch.testing.assert_close(g_ours, g_ref, rtol=1e-9, atol=1e-12)
+    # The reported parts stay eq. 1's, so that runs of either kind compare on them.
+    _, on_diag, off_diag = reference_ablation_loss(z_a, z_b, lambd, 0.5, "both", normalize)
+    torch.testing.assert_close(parts.on_diag, on_diag, rtol=1e-10, atol=0)
+    torch.testing.assert_close(parts.off_diag, off_diag, rtol=1e-10, atol=0)
+
+
+def test_cross_entropy_is_finite_at_a_small_temperature_in_float32():
+    # C_ii / t reaches 1 / t = 200: a plain sum of exps overflows float32 (e^89 already does);
+    # the reference, in float64, does not (up to e^709).
+    z_a, z_b = random_views(n=64, d=8, dtype=torch.float32)
+    parts = BarlowTwinsLoss(lambd=1.0, eps=0.0, kind="cross_entropy", temperature=5e-3)(z_a, z_b)
+    assert torch.isfinite(parts.total)
+    expected = reference_cross_entropy(z_a.double(), z_b.double(), 1.0, 1.0, 5e-3)
+    assert torch.isfinite(expected) and expected.abs() > 100
+    torch.testing.assert_close(parts.total.double(), expected, rtol=1e-4, atol=0)
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    (dict(kind="cross_entropy"), "temperature > 0"),
+    (dict(kind="cross_entropy", temperature=0.0), "temperature > 0"),
+    (dict(kind="cross_entropy", temperature=0.1, terms="invariance"), "keeps both"),
+    (dict(temperature=0.1), "kind='cross_entropy' only"),
+    (dict(kind="infonce"), "kind='infonce'"),
+])
+def test_rejects_impossible_kind_settings(kwargs, words):
+    with pytest.raises(ValueError, match=words):
+        BarlowTwinsLoss(**kwargs)
 
 
 def test_each_ablation_trains_only_its_terms():

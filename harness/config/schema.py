@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 import yaml
 
 from harness.data import VIEW_PRESETS, ViewAugment
-from harness.loss import NORMALIZE, TERMS
+from harness.loss import KINDS, NORMALIZE, TERMS
 from harness.model import ARCHS, parse_projector
 from harness.optim import LARS_VARIANTS, LR_SCALING
 
@@ -202,14 +202,29 @@ class LossConfig(Section):
     # batch (the method) | feature | none
     terms: str = "both"
     normalize: str = "batch"
+    # barlow_twins (eq. 1) | cross_entropy: the paper's cross-entropy with temperature, which
+    # needs `temperature` (and uses lambd as its own off-diagonal weight)
+    kind: str = "barlow_twins"
+    temperature: float | None = None
 
     def __post_init__(self):
         self._check_types()
         require_positive(self, "lambd", "scale")
-        for name, choices in (("terms", TERMS), ("normalize", NORMALIZE)):
+        for name, choices in (("terms", TERMS), ("normalize", NORMALIZE), ("kind", KINDS)):
             if getattr(self, name) not in choices:
                 fail(self._key(name), f"{getattr(self, name)!r} is not one of: "
                       f"{', '.join(choices)}")
+        if self.kind == "cross_entropy":
+            if self.temperature is None:
+                fail(self._key("temperature"), "loss.kind cross_entropy needs a temperature "
+                     "(the paper does not state its value; 0.1 is a common start)")
+            require_positive(self, "temperature")
+            if self.terms != "both":
+                fail(self._key("terms"), f"{self.terms!r} applies to loss.kind barlow_twins "
+                     "only: the cross-entropy variant keeps both its terms; leave terms: both")
+        elif self.temperature is not None:
+            fail(self._key("temperature"), "applies to loss.kind cross_entropy only: remove it, "
+                 "or set loss.kind: cross_entropy")
 
 
 @dataclass(frozen=True)

@@ -46,9 +46,10 @@ def build_model(cfg: PretrainConfig, *, world_size: int, device: torch.device,
 
 
 def build_loss(cfg: PretrainConfig) -> BarlowTwinsLoss:
-    """The loss a config describes: lambda, scale, which terms, which normalisation."""
+    """The loss a config describes: lambda, scale, which terms, which normalisation, which kind."""
     c = cfg.loss
-    return BarlowTwinsLoss(lambd=c.lambd, scale=c.scale, terms=c.terms, normalize=c.normalize)
+    return BarlowTwinsLoss(lambd=c.lambd, scale=c.scale, terms=c.terms, normalize=c.normalize,
+                           kind=c.kind, temperature=c.temperature)
 
 
 def build_optimizer(model: nn.Module, cfg: PretrainConfig) -> LARS:

@@ -104,6 +104,11 @@ BAD = [
     (["loss.lambd=0"], "loss.lambd"),
     (["loss.terms=off_diagonal"], "loss.terms"),
     (["loss.normalize=layer"], "loss.normalize"),
+    (["loss.kind=infonce"], "loss.kind"),
+    (["loss.kind=cross_entropy"], "loss.temperature"),      # the variant needs its temperature
+    (["loss.kind=cross_entropy", "loss.temperature=0"], "loss.temperature"),
+    (["loss.kind=cross_entropy", "loss.temperature=0.1", "loss.terms=invariance"], "loss.terms"),
+    (["loss.temperature=0.1"], "loss.temperature"),         # without kind: cross_entropy
     (["model.projector_bn=maybe"], "model.projector_bn"),
     (["loss.lambd=-0.005"], "loss.lambd"),
     (["loss.scale=0"], "loss.scale"),

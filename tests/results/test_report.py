@@ -358,7 +358,7 @@ def test_loss_terms_report_sets_ours_beside_the_paper_with_verdicts(tmp_path, ca
     run_dir = _planted_ablation(tmp_path, "loss_terms", {
         "baseline": [80.0, 81.0, 82.0], "invariance only": [70.0, 71.0, 72.0],
         "redundancy only": [10.0, 10.5, 11.0], "feature normalisation": [79.0, 79.0, 79.0],
-        "no projector BN": [78.0, 79.0, 80.0]})
+        "no projector BN": [78.0, 79.0, 80.0], "cross-entropy": [75.0, 76.5, 78.0]})
     assert _report(run_dir) == 0
     markdown = (run_dir / "report" / "results.md").read_text()
     section = markdown[markdown.index("## Against the paper: variant"):
@@ -377,12 +377,14 @@ curve is relative to its own baseline point (ours baseline, the paper's baseline
 | redundancy only | 10.5 ± 0.5 (n=3) | -70.5 | 0.1 | -71.3 |
 | feature normalisation | 79.0 ± 0.0 (n=3) | -2.0 | - | - |
 | no projector BN | 79.0 ± 1.0 (n=3) | -2.0 | 71.2 | -0.2 |
+| cross-entropy | 76.5 ± 1.5 (n=3) | -4.5 | 63.3 | -8.1 |
 
 Verdicts:
 
 - invariance only at least 2 points under baseline: **holds**: 71.0 against 81.0 (-10.0)
 - redundancy only at chance (within 5 points of 10.0): **holds**: 10.5
 - no projector BN within 1 point of baseline: **does not hold**: 79.0 against 81.0 (-2.0)
+- cross-entropy at least 2 points under baseline: **holds**: 76.5 against 81.0 (-4.5)
 
 ![ablation_variant](ablation_variant.png)
 """

@@ -187,6 +187,9 @@ def test_a_group_sets_its_keys_together():
     assert terms["invariance only"].loss.terms == "invariance"
     assert terms["feature normalisation"].loss.normalize == "feature"
     assert terms["no projector BN"].model.projector_bn is False
+    ce = terms["cross-entropy"].loss
+    assert (ce.kind, ce.temperature, ce.lambd, ce.terms) == ("cross_entropy", 0.1, 1.0, "both")
+    assert (terms["baseline"].loss.kind, terms["baseline"].loss.temperature) == ("barlow_twins", None)
     views = {t.params["variant"]: t.config.data.view_augments()
              for t in load_sweep(ABLATIONS / "augmentations.yaml", check_data=False).trials}
     assert all(v.crop_scale == (1.0, 1.0) and v.crop_ratio == (1.0, 1.0) for v in views["no crop"])
