@@ -1,12 +1,15 @@
-"""Loader benchmark: the FFCV two-view loader's photometric paths against torchvision.
+"""Loader benchmark: the FFCV two-view loader's decode and photometric paths against torchvision.
 
-Four loaders make the same two Barlow Twins views with the same worker count and batch size:
+Six loaders make the same two Barlow Twins views with the same worker count and batch size:
   - torchvision: ImageFolder + DataLoader, PIL transforms per image in worker processes;
   - FFCV + numba: the photometric augmentations as numba kernels inside FFCV's pipeline,
-    on its threads (photometric="ffcv", the CPU default);
-  - FFCV + torch: the same augmentations as batched tensor ops after the batch leaves FFCV,
+    on its threads (photometric="ffcv", the CPU default), each image decoded once for both
+    views (decode="once", the default);
+  - the same, per view: FFCV's decoder once per view (decode="per_view", two decodes);
+  - FFCV + torch: the augmentations as batched tensor ops after the batch leaves FFCV,
     here on the CPU in the consuming thread (photometric="torch", the GPU default);
-  - FFCV decode only: crop + flip, uint8, no photometric augmentations (FFCV's own share).
+  - FFCV decode only, once and per view: decode + crop + flip, uint8, no photometric
+    augmentations (the decode stage's own share).
 The loaders take turns pass by pass (one warm-up pass each, then --passes timed ones), so
 other load on the machine hits all of them alike; each pass starts a fresh epoch and stops it
 (workers, FFCV's thread) outside the timed region. Reported: the median images/s (pairs of
@@ -47,7 +50,8 @@ from harness.data import (CIFAR_VIEWS, IMAGENET_VIEWS, Normalization, ViewAugmen
 from harness.data.augment import blur_kernel_size  # noqa: E402
 from harness.data.ffcv_augment import NO_OP, augment_batch  # noqa: E402
 
-LOADERS = ("torchvision", "ffcv_numba", "ffcv_torch", "ffcv_decode")
+LOADERS = ("torchvision", "ffcv_numba", "ffcv_numba_per_view", "ffcv_torch", "ffcv_decode",
+           "ffcv_decode_per_view")
 
 
 def torchvision_view(view: ViewAugment, resolution: int, stats: Normalization) -> T.Compose:
@@ -119,21 +123,24 @@ def bench_dataset(name, folder: Path, resolution, views, write_mode, args, work:
     batches = args.batches_32 if resolution <= 64 else args.batches_224
 
     first_batch_s, ffcv = {}, {}
-    for path in ("ffcv", "torch"):
+    for path, decode in (("ffcv", "once"), ("ffcv", "per_view"), ("torch", "once"),
+                         ("torch", "per_view")):
         start = time.perf_counter()
-        ffcv[path] = two_view_loader(beton_dir / "train.beton", batch_size=args.batch,
-                                     resolution=resolution, views=views, num_workers=args.workers,
-                                     device="cpu", photometric=path)
-        timed_pass(lambda: iter(ffcv[path]), 1)
-        first_batch_s[path] = time.perf_counter() - start
+        ffcv[path, decode] = two_view_loader(
+            beton_dir / "train.beton", batch_size=args.batch, resolution=resolution, views=views,
+            num_workers=args.workers, device="cpu", photometric=path, decode=decode)
+        timed_pass(lambda: iter(ffcv[path, decode]), 1)
+        first_batch_s[path, decode] = time.perf_counter() - start
     # Normalised as the FFCV loaders are: with the data set's own statistics.
     two_views = TwoViews(views, resolution, dataset_normalization(beton_dir / "train.beton"))
     tv = DataLoader(ImageFolder(str(folder / "train"), transform=two_views),
                     batch_size=args.batch, shuffle=True, num_workers=args.workers, drop_last=True)
     make_iter = {"torchvision": lambda: torchvision_pairs(tv),
-                 "ffcv_numba": lambda: iter(ffcv["ffcv"]),
-                 "ffcv_torch": lambda: iter(ffcv["torch"]),
-                 "ffcv_decode": lambda: ffcv["torch"]._batches()}
+                 "ffcv_numba": lambda: iter(ffcv["ffcv", "once"]),
+                 "ffcv_numba_per_view": lambda: iter(ffcv["ffcv", "per_view"]),
+                 "ffcv_torch": lambda: iter(ffcv["torch", "once"]),
+                 "ffcv_decode": lambda: ffcv["torch", "once"].uint8_batches(),
+                 "ffcv_decode_per_view": lambda: ffcv["torch", "per_view"].uint8_batches()}
     seconds = {k: [] for k in LOADERS}
     for p in range(args.passes + 1):
         order = LOADERS[p % len(LOADERS):] + LOADERS[:p % len(LOADERS)]
@@ -193,24 +200,28 @@ def main() -> int:
           f"warm-up pass, the loaders taking turns")
     print(f"machine: {machine()}; load average before {load_before}, after {load_average()}")
     print(f"versions: {versions()}; revision {revision()}\n")
-    print("| data set | res | FFCV mode | torchvision | FFCV + numba photometric | "
-          "FFCV + torch photometric (CPU) | FFCV decode + crop + flip only | "
-          "numba vs torchvision | numba vs torch ops |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| data set | res | FFCV mode | torchvision | FFCV + numba photometric | the same, "
+          "decoded per view | FFCV + torch photometric (CPU) | decode + crop + flip only | "
+          "the same, decoded per view | numba vs torchvision | numba vs torch ops | "
+          "one decode vs per view: whole loader | one decode vs per view: decode stage |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         cells = " | ".join(f"{r['rate'][k]:,.0f} ± {r['spread'][k]:,.0f}" for k in LOADERS)
+        rate = r["rate"]
         print(f"| {r['dataset']} | {r['res']} | {r['mode']} | {cells} "
-              f"| {r['rate']['ffcv_numba'] / r['rate']['torchvision']:.1f}x "
-              f"| {r['rate']['ffcv_numba'] / r['rate']['ffcv_torch']:.1f}x |")
+              f"| {rate['ffcv_numba'] / rate['torchvision']:.1f}x "
+              f"| {rate['ffcv_numba'] / rate['ffcv_torch']:.1f}x "
+              f"| {rate['ffcv_numba'] / rate['ffcv_numba_per_view']:.2f}x "
+              f"| {rate['ffcv_decode'] / rate['ffcv_decode_per_view']:.2f}x |")
     print(f"\nCompile and warm-up, seconds. numba's first compile of the photometric kernels "
           f"(empty cache; cached on disk after): {compile_s:.1f}")
-    print("| data set | res | FFCV mode | first batch: FFCV + numba / FFCV + torch | "
-          "warm-up pass: torchvision / numba / torch / decode only |")
+    print("| data set | res | FFCV mode | first batch: numba once / per view / torch once / "
+          "per view | warm-up pass: " + " / ".join(LOADERS) + " |")
     print("| --- | --- | --- | --- | --- |")
     for r in rows:
         warm = " / ".join(f"{r['warmup_s'][k]:.1f}" for k in LOADERS)
-        print(f"| {r['dataset']} | {r['res']} | {r['mode']} "
-              f"| {r['first_batch_s']['ffcv']:.1f} / {r['first_batch_s']['torch']:.1f} | {warm} |")
+        first = " / ".join(f"{t:.1f}" for t in r["first_batch_s"].values())
+        print(f"| {r['dataset']} | {r['res']} | {r['mode']} | {first} | {warm} |")
     return 0
 
 

@@ -219,20 +219,25 @@ class PhotometricAugment(Operation):
         self.view = view
         self.kernel_size = blur_kernel_size(resolution)
         self.generator = torch.Generator().manual_seed(seed)
+        self._disabled = torch.tensor([s == 0 for s in view.jitter_strengths])
+
+    def kernel_args(self, n: int) -> tuple[np.ndarray, ...]:
+        """The next n images' drawn parameters as augment_batch takes them: ops, factors,
+        grayscale, sigma (0: no blur), solarize."""
+        p = draw_params(self.view, n, self.generator)
+        skip = ~p.jitter.unsqueeze(1) | self._disabled[p.order]
+        ops = torch.where(skip, NO_OP, p.order)
+        sigma = torch.where(p.blur, p.sigma, 0.0)
+        return (ops.numpy(), p.factors.numpy(), p.grayscale.numpy(), sigma.numpy(),
+                p.solarize.numpy())
 
     def generate_code(self):
-        view, generator, kernel_size = self.view, self.generator, self.kernel_size
-        disabled = torch.tensor([s == 0 for s in view.jitter_strengths])
+        kernel_size = self.kernel_size
 
         def photometric(images, _):
-            p = draw_params(view, images.shape[0], generator)
-            skip = ~p.jitter.unsqueeze(1) | disabled[p.order]
-            ops = torch.where(skip, NO_OP, p.order)
-            sigma = torch.where(p.blur, p.sigma, 0.0)
             # A few chunks per thread: costs differ (not every image is blurred). FFCV set
             # numba's thread count for this thread to its worker count.
-            return augment_batch(images, ops.numpy(), p.factors.numpy(), p.grayscale.numpy(),
-                                 sigma.numpy(), p.solarize.numpy(), kernel_size,
+            return augment_batch(images, *self.kernel_args(images.shape[0]), kernel_size,
                                  4 * get_num_threads())
 
         return photometric

@@ -1,7 +1,10 @@
 """FFCV loaders: the two-view pretraining loader, the labelled training loader, the eval loader.
 
-Each stored image is decoded once per view by FFCV (the random-resized crop happens in the
-decoder, on FFCV's threads; the seeded flip right after, ffcv_flip.HorizontalFlip). The
+The two-view loader decodes each stored image once and takes both views' random-resized crops
+from it (ffcv_two_view: one pipeline whose samples are 2 x H x W x 3, crops seeded); with
+decode="per_view" it runs FFCV's own decoder once per view instead (two pipelines, two decodes,
+crops from numba's unseeded generator). Either way the crops happen in the decoder on FFCV's
+threads, the seeded flip right after (ffcv_flip). The
 photometric augmentations run where they cost least: on a GPU as batched tensor ops after the uint8 batch's transfer (augment.BatchAugment), which leaves
 FFCV's CPU threads to decoding; on the CPU inside the FFCV pipeline as numba kernels on those
 threads (ffcv_augment.PhotometricAugment), several times faster there than eager tensor ops in
@@ -35,6 +38,7 @@ from ffcv.transforms import Squeeze, ToDevice, ToTensor, ToTorchImage
 from .augment import BatchAugment, ViewAugment, normalize
 from .ffcv_augment import PhotometricAugment
 from .ffcv_flip import HorizontalFlip
+from .ffcv_two_view import TwoViewCropDecoder, TwoViewFlip, TwoViewPhotometric
 from .prepared import Normalization, beton_path, dataset_normalization
 
 torch.set_num_threads(_TORCH_THREADS)
@@ -63,6 +67,7 @@ __all__ = [
 ]
 
 PHOTOMETRIC = ("auto", "ffcv", "torch")
+DECODE = ("once", "per_view")
 
 
 class TwoViewBatch(NamedTuple):
@@ -125,13 +130,16 @@ class _LoaderSpec:
         """A float batch in [0, 1] standardised with the data set's statistics, in place."""
         return normalize(images, self.stats.mean, self.stats.std)
 
+    def stream_seed(self, stream: int) -> np.random.SeedSequence:
+        """The seed of one random stream (a view's flips, the crops) of this loader and rank."""
+        return np.random.SeedSequence([self.seed, _world()[0], stream])
+
     def image_pipeline(self, decoder, flip_p: float | None, augment=None, stream: int = 0) -> list:
         """decoder, flip (seeded by the loader's seed, rank and `stream`: one per view), the
         FFCV `augment` operation if any, then to a torch batch on the device."""
         ops = [decoder]
         if flip_p:
-            seed = np.random.SeedSequence([self.seed, _world()[0], stream])
-            ops.append(HorizontalFlip(flip_p, seed))
+            ops.append(HorizontalFlip(flip_p, self.stream_seed(stream)))
         if augment is not None:
             ops.append(augment)  # an FFCV operation on the uint8 images, before ToTensor
         on_gpu = self.device.type == "cuda"
@@ -186,8 +194,10 @@ def _stop(iterator) -> None:
 
 def _to_float(images: torch.Tensor) -> torch.Tensor:
     # A new tensor: FFCV recycles its output buffers a few batches later, so nothing handed
-    # to the caller may alias them (labels are cloned for the same reason).
-    return images.float().div_(255.0)
+    # to the caller may alias them (labels are cloned for the same reason). Channels-last in
+    # memory on a GPU (tensor cores), NCHW on the CPU, whatever the strides of `images`.
+    layout = torch.channels_last if images.is_cuda else torch.contiguous_format
+    return images.to(torch.float32, memory_format=layout).div_(255.0)
 
 
 class TwoViewLoader:
@@ -196,32 +206,73 @@ class TwoViewLoader:
     `photometric` is where colour jitter, grayscale, blur and solarization run ('ffcv' or
     'torch', see photometric_path); `augment` holds the two views' augmenters (PhotometricAugment
     operations inside the FFCV pipelines, or BatchAugment modules applied here), each with a
-    seeded torch `generator`. Flips are seeded too (HorizontalFlip); FFCV's crops draw from
-    numba's unseeded generator.
+    seeded torch `generator`. `decode`: 'once' (both crops from one decode, seeded) or
+    'per_view' (FFCV's decoder per view; its crops draw from numba's unseeded generator).
+    Flips are seeded either way (view a's and view b's streams are the same on both paths).
     Training shards come from FFCV's distributed sampler: a new global shuffle every epoch,
     padded so every rank has the same number of batches (as torch's DistributedSampler).
     """
 
     def __init__(self, spec: _LoaderSpec, views: tuple[ViewAugment, ViewAugment], *,
-                 distributed: bool, drop_last: bool = True, photometric: str = "auto"):
+                 distributed: bool, drop_last: bool = True, photometric: str = "auto",
+                 decode: str = "once"):
+        if decode not in DECODE:
+            raise ValueError(f"decode={decode!r}: choose one of {', '.join(DECODE)}")
         self.spec = spec
         self.views = views
+        self.decode = decode
         self.photometric = photometric_path(photometric, spec.device)
         rank, _ = _world()
-        kind = PhotometricAugment if self.photometric == "ffcv" else BatchAugment
-        self.augment = [kind(view, spec.resolution, seed=spec.seed * 1000 + 2 * rank + i)
-                        for i, view in enumerate(views)]
+        seeds = [spec.seed * 1000 + 2 * rank + i for i in range(len(views))]
         pipelines = {"label": spec.label_pipeline()}
-        names = ("image", "image_b")
-        for stream, (name, view, augment) in enumerate(zip(names, views, self.augment)):
+        if decode == "once":
+            pipelines["image"] = self._one_decode_pipeline(seeds)
+        else:
+            pipelines.update(self._per_view_pipelines(seeds))
+        # The flips' numpy generators, which a trainer may re-seed per epoch (in place).
+        self.flip_generators = [g for spec in pipelines.values() if isinstance(spec, PipelineSpec)
+                                for op in spec.transforms
+                                for g in ([op.rng] if isinstance(op, HorizontalFlip) else
+                                          op.generators if isinstance(op, TwoViewFlip) else [])]
+        self.loader = spec.build(pipelines, order=OrderOption.RANDOM, distributed=distributed,
+                                 drop_last=drop_last)
+
+    def _one_decode_pipeline(self, seeds: list[int]) -> PipelineSpec:
+        spec, (a, b) = self.spec, self.views
+        size = (spec.resolution, spec.resolution)
+        # Stream 2: the crops (0 and 1 are the views' flips, as on the per-view path).
+        crop_seed = int(spec.stream_seed(2).generate_state(1, np.uint64)[0])
+        decoder = TwoViewCropDecoder(size, (a.crop_scale, b.crop_scale),
+                                     (a.crop_ratio, b.crop_ratio), seed=crop_seed)
+        ops = []
+        if a.flip_p or b.flip_p:
+            ops.append(TwoViewFlip((a.flip_p, b.flip_p),
+                                   (spec.stream_seed(0), spec.stream_seed(1))))
+        if self.photometric == "ffcv":
+            photometric = TwoViewPhotometric(self.views, spec.resolution, seeds)
+            self.augment = list(photometric.views)
+            ops.append(photometric)
+        else:
+            self.augment = [BatchAugment(v, spec.resolution, seed=s)
+                            for v, s in zip(self.views, seeds)]
+        # The N x 2 x H x W x 3 uint8 batch; uint8_batches splits the views.
+        ops += [ToTensor(), ToDevice(spec.device, non_blocking=spec.device.type == "cuda")]
+        return PipelineSpec("image", decoder=decoder, transforms=ops)
+
+    def _per_view_pipelines(self, seeds: list[int]) -> dict:
+        spec = self.spec
+        kind = PhotometricAugment if self.photometric == "ffcv" else BatchAugment
+        self.augment = [kind(view, spec.resolution, seed=s) for view, s in zip(self.views, seeds)]
+        pipelines = {}
+        for stream, (name, view, augment) in enumerate(zip(("image", "image_b"), self.views,
+                                                           self.augment)):
             decoder = RandomResizedCropRGBImageDecoder(
                 (spec.resolution, spec.resolution), scale=view.crop_scale, ratio=view.crop_ratio)
             in_ffcv = augment if self.photometric == "ffcv" else None
             pipelines[name] = PipelineSpec(
                 "image", decoder=decoder,
                 transforms=spec.image_pipeline(decoder, view.flip_p, in_ffcv, stream)[1:])
-        self.loader = spec.build(pipelines, order=OrderOption.RANDOM, distributed=distributed,
-                                 drop_last=drop_last)
+        return pipelines
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -232,17 +283,24 @@ class TwoViewLoader:
 
     def raw_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """(view_a, view_b, label) as augmented floats in [0, 1], before normalisation (for grids)."""
-        for image_a, label, image_b in self._batches():
+        for image_a, image_b, label in self.uint8_batches():
             view_a, view_b = _to_float(image_a), _to_float(image_b)
             if self.photometric == "torch":
                 view_a, view_b = self.augment[0](view_a), self.augment[1](view_b)
             yield view_a, view_b, label.clone()
 
-    def _batches(self):
-        """FFCV's uint8 batches (image, label, image_b): the stored fields first, then image_b."""
-        return _epoch(self.loader)
-
-
+    def uint8_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """(view_a, view_b, label) as FFCV leaves them: uint8 N x 3 x H x W views, aliasing
+        FFCV's buffers (which it reuses a few batches later); on the one-decode path strided
+        views of the N x 2 x H x W x 3 batch."""
+        if self.decode == "per_view":
+            # Fields first (image, label), then image_b.
+            for image_a, label, image_b in _epoch(self.loader):
+                yield image_a, image_b, label
+            return
+        for both, label in _epoch(self.loader):
+            views = both.permute(1, 0, 4, 2, 3)  # 2 x N x 3 x H x W, no copy
+            yield views[0], views[1], label
 class LabelledLoader:
     """Yields (images, labels), normalised: the linear-evaluation training and the eval loaders."""
 
@@ -261,14 +319,15 @@ def two_view_loader(path, *, batch_size: int, resolution: int,
                     views: tuple[ViewAugment, ViewAugment], device=None, num_workers: int = 2,
                     seed: int = 0, indices: Sequence[int] | None = None,
                     distributed: bool | None = None, drop_last: bool = True,
-                    photometric: str = "auto") -> TwoViewLoader:
+                    photometric: str = "auto", decode: str = "once") -> TwoViewLoader:
     """The pretraining loader. distributed=None means: shard when a process group is running;
-    photometric: 'auto' (numba in FFCV on the CPU, batched tensor ops on a GPU), 'ffcv', 'torch'."""
+    photometric: 'auto' (numba in FFCV on the CPU, batched tensor ops on a GPU), 'ffcv', 'torch';
+    decode: 'once' (one JPEG decode, both crops from it) or 'per_view' (FFCV's decoder per view)."""
     spec = _LoaderSpec(Path(path), batch_size, resolution, _device(device), num_workers, seed, indices)
     if distributed is None:
         distributed = _world()[1] > 1
     return TwoViewLoader(spec, views, distributed=distributed, drop_last=drop_last,
-                         photometric=photometric)
+                         photometric=photometric, decode=decode)
 
 
 def labelled_loader(path, *, batch_size: int, resolution: int, device=None, num_workers: int = 2,

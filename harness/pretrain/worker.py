@@ -63,12 +63,16 @@ def _seed_epoch(loader, seed: int, rank: int, epoch: int) -> None:
     """Make epoch `epoch`'s data the same whether the run got here directly or by resuming.
 
     FFCV orders an epoch by (seed, its epoch counter); the photometric draws come from the
-    loader's BatchAugment generators. Both are set from the epoch instead of carried over.
+    loader's augmenters' generators, the flips from its flip generators; the crops follow the
+    epoch's order (ffcv_two_view). All are set from the epoch instead of carried over.
     """
     loader.loader.next_epoch = epoch
     for i, augment in enumerate(loader.augment):
         state = np.random.SeedSequence([seed, rank, i, epoch]).generate_state(1)[0]
         augment.generator.manual_seed(int(state))
+    for i, generator in enumerate(loader.flip_generators):
+        fresh = np.random.PCG64(np.random.SeedSequence([seed, rank, 2 + i, epoch]))
+        generator.bit_generator.state = fresh.state
 
 
 class _Worker:

@@ -243,11 +243,14 @@ def _shard_worker(rank: int, world: int, init_file: str, beton: str, out: str):
         ev = eval_loader(beton, batch_size=16, resolution=32, device="cpu", num_workers=1)
         eval_labels = torch.cat([y for _, y in ev])
         eval_sums = torch.cat([x.flatten(1).sum(1) for x, _ in ev])
-        train = two_view_loader(beton, batch_size=20, resolution=32, views=CIFAR_VIEWS,
-                                num_workers=1, device="cpu", drop_last=False)
-        train_labels = torch.cat([b.label for b in train])
+        train_labels = {}
+        for decode in ("once", "per_view"):
+            train = two_view_loader(beton, batch_size=20, resolution=32, views=CIFAR_VIEWS,
+                                    num_workers=1, device="cpu", drop_last=False, decode=decode)
+            train_labels[decode] = torch.cat([b.label for b in train])
         torch.save({"eval_labels": eval_labels, "eval_sums": eval_sums,
-                    "train_labels": train_labels, "batches": len(train)}, f"{out}/rank{rank}.pt")
+                    "train_labels": train_labels["once"], "batches": len(train),
+                    "per_view_labels": train_labels["per_view"]}, f"{out}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -268,6 +271,8 @@ def test_distributed_shards_are_disjoint_and_cover_the_split(cifar_prepared, tmp
     assert [len(p["train_labels"]) for p in parts] == [50, 50]
     union = torch.bincount(torch.cat([p["train_labels"] for p in parts]), minlength=10)
     assert union.tolist() == np.bincount(labels, minlength=10).tolist()
+    # The one-decode path and FFCV's per-view decoders read the same shard, in the same order.
+    assert all(torch.equal(p["train_labels"], p["per_view_labels"]) for p in parts)
 
 
 def test_views_command_writes_a_grid(cifar_prepared, tmp_path):
