@@ -15,6 +15,22 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault(SESSION_VAR, uuid.uuid4().hex)
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    """Keep a fault handler through the interpreter's shutdown, after pytest has removed its
+    own: a crash there (a native thread pool, numba's TBB layer or Ray's core worker, torn down
+    under a live thread) then prints every thread's stack instead of a bare exit code 139
+    (seen once, after all 66 slow tests had passed). Lingering threads are named first."""
+    import faulthandler
+    import sys
+    import threading
+
+    alive = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
+    if alive:
+        print(f"\nconftest: threads alive at exit: {', '.join(alive)}", file=sys.__stderr__)
+    faulthandler.enable(file=sys.__stderr__, all_threads=True)
+
+
 def datasets_root() -> Path:
     """The shared real data sets: $BT_DATASETS, else ../shared/datasets beside the checkout."""
     root = Path(os.environ.get("BT_DATASETS", REPO.parent / "shared" / "datasets"))
