@@ -224,16 +224,14 @@ class TwoViewLoader:
         self.photometric = photometric_path(photometric, spec.device)
         rank, _ = _world()
         seeds = [spec.seed * 1000 + 2 * rank + i for i in range(len(views))]
+        # The flips' numpy generators, which a trainer re-seeds per epoch (in place); the
+        # pipeline builders below fill it, as they fill `augment`.
+        self.flip_generators: list[np.random.Generator] = []
         pipelines = {"label": spec.label_pipeline()}
         if decode == "once":
             pipelines["image"] = self._one_decode_pipeline(seeds)
         else:
             pipelines.update(self._per_view_pipelines(seeds))
-        # The flips' numpy generators, which a trainer may re-seed per epoch (in place).
-        self.flip_generators = [g for spec in pipelines.values() if isinstance(spec, PipelineSpec)
-                                for op in spec.transforms
-                                for g in ([op.rng] if isinstance(op, HorizontalFlip) else
-                                          op.generators if isinstance(op, TwoViewFlip) else [])]
         self.loader = spec.build(pipelines, order=OrderOption.RANDOM, distributed=distributed,
                                  drop_last=drop_last)
 
@@ -246,8 +244,9 @@ class TwoViewLoader:
                                      (a.crop_ratio, b.crop_ratio), seed=crop_seed)
         ops = []
         if a.flip_p or b.flip_p:
-            ops.append(TwoViewFlip((a.flip_p, b.flip_p),
-                                   (spec.stream_seed(0), spec.stream_seed(1))))
+            flip = TwoViewFlip((a.flip_p, b.flip_p), (spec.stream_seed(0), spec.stream_seed(1)))
+            self.flip_generators = flip.generators
+            ops.append(flip)
         if self.photometric == "ffcv":
             photometric = TwoViewPhotometric(self.views, spec.resolution, seeds)
             self.augment = list(photometric.views)
@@ -269,9 +268,9 @@ class TwoViewLoader:
             decoder = RandomResizedCropRGBImageDecoder(
                 (spec.resolution, spec.resolution), scale=view.crop_scale, ratio=view.crop_ratio)
             in_ffcv = augment if self.photometric == "ffcv" else None
-            pipelines[name] = PipelineSpec(
-                "image", decoder=decoder,
-                transforms=spec.image_pipeline(decoder, view.flip_p, in_ffcv, stream)[1:])
+            transforms = spec.image_pipeline(decoder, view.flip_p, in_ffcv, stream)[1:]
+            self.flip_generators += [op.rng for op in transforms if isinstance(op, HorizontalFlip)]
+            pipelines[name] = PipelineSpec("image", decoder=decoder, transforms=transforms)
         return pipelines
 
     def __len__(self) -> int:
@@ -301,6 +300,8 @@ class TwoViewLoader:
         for both, label in _epoch(self.loader):
             views = both.permute(1, 0, 4, 2, 3)  # 2 x N x 3 x H x W, no copy
             yield views[0], views[1], label
+
+
 class LabelledLoader:
     """Yields (images, labels), normalised: the linear-evaluation training and the eval loaders."""
 

@@ -132,6 +132,30 @@ def test_crops_repeat_with_their_seed_whatever_the_threads(coordinate_beton):
     assert (np.abs(first - second) > 0.01).mean() > 0.9
 
 
+def test_an_epoch_re_seeded_as_a_resumed_run_does_repeats_its_data(cifar_prepared):
+    """The trainer's _seed_epoch makes epoch k's batches a function of (seed, rank, k): the
+    order, the crops (which follow it), the flips and the photometric draws, whatever the
+    loader drew before. That is what lets a resumed run see an uninterrupted run's data."""
+    from harness.pretrain.worker import _seed_epoch
+
+    loader = two_view_loader(cifar_prepared / "train.beton", batch_size=50, resolution=32,
+                             views=CIFAR_VIEWS, num_workers=2, device="cpu", seed=4)
+    assert len(loader.flip_generators) == 2
+
+    def first_batch(epoch):
+        _seed_epoch(loader, 4, 0, epoch)
+        batches = loader.raw_batches()
+        batch = [t.clone() for t in next(batches)]
+        batches.close()
+        return batch
+
+    first = first_batch(1)
+    other = first_batch(2)  # the run goes on: every generator has moved
+    again = first_batch(1)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert not torch.equal(first[0], other[0])
+
+
 @pytest.fixture(scope="module")
 def cifar_jpg(cifar_folder, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("cifar_jpg")
