@@ -31,7 +31,7 @@ import torch
 
 from harness.evaluation.backbone import Backbone, random_backbone
 from harness.evaluation.data import EvalData, source_digests
-from harness.evaluation.features import extract_features
+from harness.evaluation.features import extract_parts
 from harness.evaluation.finetune import finetune
 from harness.evaluation.knn import knn_metrics
 from harness.evaluation.linear import linear_fast, linear_paper
@@ -119,24 +119,29 @@ def _record(name: str, protocol: str, mode: str | None, primary: str, metrics: d
 
 class _Features:
     """Features of one data set's train / val / test parts under one backbone, extracted on
-    first use."""
+    first use; the parts a protocol needs together are extracted together (`need`), so that
+    parts of one file share a loader."""
 
     def __init__(self, backbone: Backbone, data: EvalData, settings: EvalSettings, device):
         self.backbone, self.data, self.settings, self.device = backbone, data, settings, device
         self._cache: dict[str, tuple] = {}
 
+    def need(self, *roles: str) -> None:
+        missing = [self.data.part(role) for role in roles if role not in self._cache]
+        if missing:
+            s = self.settings
+            self._cache.update(extract_parts(
+                self.backbone.module, missing, resolution=self.data.resolution,
+                batch_size=s.batch_size, device=self.device, num_workers=s.loader_workers))
+
     def get(self, role: str):
-        if role not in self._cache:
-            part, s = self.data.part(role), self.settings
-            self._cache[role] = extract_features(
-                self.backbone.module, part.path, indices=part.indices,
-                resolution=self.data.resolution, batch_size=s.batch_size, device=self.device,
-                num_workers=s.loader_workers)
+        self.need(role)
         return self._cache[role]
 
     def evaluated(self) -> dict:
         """{"val": (features, labels), "test": (...)}: what every protocol reports on."""
-        return {role: self.get(role) for role in ("val", "test")}
+        self.need("val", "test")
+        return {role: self._cache[role] for role in ("val", "test")}
 
 
 def _linear(name: str, protocol: str, backbone: Backbone, features: _Features,
@@ -144,6 +149,7 @@ def _linear(name: str, protocol: str, backbone: Backbone, features: _Features,
     data = features.data
     start = time.perf_counter()
     if settings.linear_mode == "fast":
+        features.need("train", "val", "test")
         metrics, used = linear_fast(features.get("train"), features.get("val"),
                                     features.get("test"), num_classes=data.num_classes,
                                     l2=settings.linear_l2)
@@ -168,6 +174,7 @@ def _run(backbone: Backbone, p: EvalPlan, device, log) -> list[dict]:
             log(records[-1])
         if "knn" in p.protocols:
             start = time.perf_counter()
+            features.need("train", "val", "test")
             metrics = knn_metrics(features.get("train"), features.evaluated(), ks=s.knn_ks(),
                                   temperature=s.knn_temperature, num_classes=p.data.num_classes)
             primary = f"k{max(s.knn_ks())}_top1"

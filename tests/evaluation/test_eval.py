@@ -16,7 +16,7 @@ from harness.config import load_config
 from harness.data import labelled_loader
 from harness.evaluation import EvalSettings, evaluate, load_backbone, plan, random_backbone
 from harness.evaluation.data import beton_labels, indices_digest
-from harness.evaluation.features import extract_features
+from harness.evaluation.features import extract_features, extract_parts
 from harness.evaluation.finetune import finetune
 from harness.evaluation.knn import knn_votes
 from harness.evaluation.linear import L2_GRID, _standardise, fit_logistic, linear_fast
@@ -58,6 +58,33 @@ def features(export_dir, cifar_prepared):
                                       resolution=RES, batch_size=100, device=torch.device("cpu"),
                                       num_workers=1)
     return out
+
+
+def test_parts_of_one_file_share_a_loader_and_keep_their_order(export_dir, cifar_prepared,
+                                                                features, monkeypatch):
+    """train and the validation list carved from it come from one pass over train.beton (one
+    FFCV compile), each part in its own image order: the rows of the whole-split features (the
+    fixture's, one loader a split) at the part's indices, and the part's labels."""
+    import harness.evaluation.features as module
+    from harness.evaluation.data import EvalData
+
+    loaders, real = [], module.eval_loader
+    monkeypatch.setattr(module, "eval_loader",
+                        lambda path, **kw: loaders.append(Path(path).name) or real(path, **kw))
+    data = EvalData.open(cifar_prepared, EvalSettings(train_images=150, val_images=30), RES)
+    parts = [data.part(role) for role in ("val", "train", "test")]
+    assert parts[0].indices is not None and parts[1].indices is not None
+    backbone = load_backbone(export_dir)
+    got = extract_parts(backbone.module, parts, resolution=RES, batch_size=64,
+                        device=torch.device("cpu"), num_workers=1)
+    assert sorted(loaders) == ["test.beton", "train.beton"]
+    for part in parts:
+        whole_f, whole_y = features[part.split]
+        rows = torch.arange(len(whole_y)) if part.indices is None else \
+            torch.from_numpy(np.asarray(part.indices))
+        f, y = got[part.role]
+        assert y.tolist() == part.labels.tolist() == whole_y[rows].tolist()
+        torch.testing.assert_close(f, whole_f[rows], rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("k", [20, 200])
