@@ -7,6 +7,8 @@ ToTorchImage; CIFAR-10 test split, 32 px, batch 256) with each flip operation:
   - ffcv: FFCV 1.0.2's RandomHorizontalFlip, generated and compiled per loader;
   - harness: harness.data.ffcv_flip.HorizontalFlip, a seeded op whose kernel numba caches on
     disk;
+  - harness + reader: the same, with FFCV's sample reader from numba's disk cache too
+    (harness.data.ffcv_reader, which every harness loader uses) instead of compiled per loader;
   - none: the decoder alone (what the flip adds is the difference).
 It also measures what importing ffcv costs a process (torch imported before the clock starts),
 FFCV's own import against the one harness.ffcv_import gives any process that imports harness
@@ -33,7 +35,7 @@ from pathlib import Path
 
 from environment import load_average, machine, revision, versions
 
-VARIANTS = ("ffcv", "harness", "none")
+VARIANTS = ("ffcv", "harness", "harness + reader", "none")
 
 # Runs in a fresh interpreter: argv[1] = .beton, argv[2] = variant. Prints one JSON line.
 _CHILD = r"""
@@ -51,7 +53,10 @@ def cpu():
 
 path, variant = sys.argv[1], sys.argv[2]
 flip = {"ffcv": [RandomHorizontalFlip(0.5)], "harness": [HorizontalFlip(0.5, seed=0)],
-        "none": []}[variant]
+        "harness + reader": [HorizontalFlip(0.5, seed=0)], "none": []}[variant]
+if variant == "harness + reader":
+    from harness.data.ffcv_reader import install
+    install()
 c0, t0 = cpu(), time.perf_counter()
 loader = Loader(path, batch_size=256, num_workers=2, order=OrderOption.RANDOM,
                 pipelines={"image": [RandomResizedCropRGBImageDecoder((32, 32))] + flip

@@ -38,8 +38,12 @@ from ffcv.transforms import Squeeze, ToDevice, ToTensor, ToTorchImage
 from .augment import BatchAugment, ViewAugment, normalize
 from .ffcv_augment import PhotometricAugment
 from .ffcv_flip import HorizontalFlip
+from .ffcv_reader import install as _install_cached_reader
 from .ffcv_two_view import TwoViewCropDecoder, TwoViewFlip, TwoViewPhotometric
 from .prepared import Normalization, beton_path, dataset_normalization
+
+# Every loader's sample reader from numba's disk cache, not compiled per loader (ffcv_reader).
+_install_cached_reader()
 
 torch.set_num_threads(_TORCH_THREADS)
 

@@ -286,3 +286,24 @@ def test_views_command_writes_a_grid(cifar_prepared, tmp_path):
 def test_views_command_on_an_unprepared_folder_says_what_to_do(tmp_path, capsys):
     assert cli_main(["views", str(tmp_path)]) == 2
     assert "harness prep" in capsys.readouterr().err
+
+
+def test_cached_sample_reader_reads_what_ffcvs_own_reads(cifar_prepared):
+    """harness.data.ffcv_reader: every loader's sample reader is one function compiled once
+    (numba's disk cache), returning the same bytes as the reader FFCV compiles per loader."""
+    from ffcv.memory_managers.os_cache import OSCacheManager
+    from ffcv.reader import Reader
+
+    from harness.data import ffcv_reader
+
+    assert OSCacheManager.compile_reader is ffcv_reader._compile_reader  # installed on import
+    managers = [OSCacheManager(Reader(str(cifar_prepared / "train.beton"))) for _ in range(2)]
+    ours = [manager.compile_reader() for manager in managers]
+    assert ours[0] is ours[1]  # one compile for every loader of the process
+    theirs = ffcv_reader._ffcv_compile_reader(managers[0])
+    with managers[0].context as context:
+        state = context.state
+        addresses = managers[0].ptrs[np.linspace(0, len(managers[0].ptrs) - 1, 25).astype(int)]
+        for address in addresses:
+            got, want = ours[0](address, state), theirs(address, state)
+            assert len(got) > 0 and np.array_equal(got, want)
