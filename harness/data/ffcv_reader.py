@@ -1,11 +1,14 @@
-"""FFCV's sample reader compiled once per machine instead of once per loader.
+"""FFCV's sample reader compiled once per process (and kept in numba's disk cache), not once
+per loader.
 
 Every FFCV 1.0.2 `Loader` (os_cache=True, as the harness builds them) asks its
 `OSCacheManager.compile_reader()` for the function its pipeline reads a sample's bytes with, and
-that method compiles a new closure with numba each time, eagerly, inside `Loader.__init__`:
-about 2 s of CPU per loader (profiled here), in every training worker, evaluation, online
-probe and view grid. The function is always the same two lines, so `install()` has the method
-return one module-level function instead, compiled on first use with numba's disk cache
+that method compiles a new closure with numba each time, eagerly, inside `Loader.__init__`,
+in every training worker, evaluation, online probe and view grid (2.0 s of a view grid's 5.3 s
+under cProfile; measured without the profiler, a process's first loader starts in 0.82x the
+CPU with the cached reader, and its later loaders skip the compile: BENCHMARKS.md). The
+function is always the same two lines, so `install()` has the method return one module-level
+function instead, compiled on first use with numba's disk cache
 (`cache=True`), for the manager's own state type and with FFCV's own compile options:
 later loaders in the process reuse it, and later processes load it from the cache.
 benchmarks/loader_startup.py measures a loader's start-up.

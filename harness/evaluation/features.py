@@ -35,18 +35,13 @@ def extract_parts(module: nn.Module, parts: Iterable, *, resolution: int, batch_
     """{role: (features, labels)} of evaluation parts (harness.evaluation.data.EvalPart), in
     each part's own image order, with one loader per .beton file: parts of one file (train and
     the validation list carved from it) share one pass, and so one compile of FFCV's pipeline
-    (about 4 s of CPU a loader) instead of one each."""
+    (about 1.2 s of CPU a loader on the machine of BENCHMARKS.md's row) instead of one
+    each."""
     by_path: dict = {}
     for part in parts:
         by_path.setdefault(part.path, []).append(part)
     out = {}
     for path, group in by_path.items():
-        if len(group) == 1:
-            part = group[0]
-            out[part.role] = extract_features(module, path, indices=part.indices,
-                                              resolution=resolution, batch_size=batch_size,
-                                              device=device, num_workers=num_workers)
-            continue
         # A part without indices is the whole file (its labels are the file's labels).
         wanted = [np.arange(len(p.labels)) if p.indices is None else np.asarray(p.indices)
                   for p in group]
