@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from harness import storage
 from harness.model import BarlowTwins, backbone_state_dict
 
 __all__ = ["STATE_FILE", "checkpoint_dir_name", "save_state", "load_state", "latest_checkpoint",
@@ -58,9 +59,14 @@ def load_state(checkpoint: Path | str, map_location: torch.device | str = "cpu")
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
-def latest_checkpoint(run_dir: Path | str) -> Path | None:
-    """The newest checkpoint folder of a run (storage_path/name), or None."""
-    found = sorted(p for p in Path(run_dir).glob(f"{_PREFIX}*") if (p / STATE_FILE).is_file())
+def latest_checkpoint(run: Path | str) -> Path | str | None:
+    """The newest checkpoint folder of a run (storage_path/name), or None; of a run stored at a
+    URI (harness.storage), that folder's URI."""
+    if storage.is_uri(run):
+        found = [n for n in storage.list_dirs(run) if n.startswith(_PREFIX)
+                 and storage.exists(storage.join(str(run), n, STATE_FILE))]
+        return storage.join(str(run), found[-1]) if found else None
+    found = sorted(p for p in Path(run).glob(f"{_PREFIX}*") if (p / STATE_FILE).is_file())
     return found[-1] if found else None
 
 
@@ -91,7 +97,22 @@ def write_export(model: nn.Module, config: dict, out: Path | str, *, step: int, 
 
 
 def export_checkpoint(checkpoint: Path | str, out: Path | str) -> Path:
-    """`harness export`: a checkpoint folder, its state.pt, or a run folder (its newest)."""
+    """`harness export`: a checkpoint folder, its state.pt, or a run folder (its newest); each
+    a local path or a URI (harness.storage)."""
+    if storage.is_uri(checkpoint):
+        if not storage.exists(storage.join(str(checkpoint), STATE_FILE)) and \
+                not str(checkpoint).partition("?")[0].endswith(".pt"):
+            newest = latest_checkpoint(checkpoint)
+            if newest is None:
+                raise FileNotFoundError(f"{checkpoint} holds no checkpoint "
+                                        f"({_PREFIX}*/{STATE_FILE})")
+            checkpoint = newest
+        with storage.local_copy(checkpoint) as local:
+            exported = export_checkpoint(local, out)
+        info = json.loads((exported / "export.json").read_text())
+        (exported / "export.json").write_text(json.dumps({**info, "checkpoint": str(checkpoint)},
+                                                         indent=2) + "\n")
+        return exported
     checkpoint = Path(checkpoint)
     if checkpoint.is_dir() and not (checkpoint / STATE_FILE).is_file():
         newest = latest_checkpoint(checkpoint)
@@ -108,7 +129,7 @@ def export_checkpoint(checkpoint: Path | str, out: Path | str) -> Path:
 
 def export_command(args: Namespace) -> int:
     """`harness export CKPT --out DIR`."""
-    out = export_checkpoint(Path(args.checkpoint), Path(args.out))
+    out = export_checkpoint(args.checkpoint, Path(args.out))
     info = json.loads((out / "export.json").read_text())
     print(f"harness export: {info['arch']} backbone (epoch {info['epoch']}, step {info['step']}) "
           f"-> {out / 'backbone.pt'}, projector {info['projector']} -> {out / 'projector.pt'}")

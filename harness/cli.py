@@ -159,7 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config key, dotted (optimizer.lr_weights=0.2); repeatable")
     p.add_argument("--name", default=None, help="run name (default: the config file's stem)")
-    p.add_argument("--storage", default=None, help="storage folder of runs (run.storage_path)")
+    p.add_argument("--storage", default=None, help="where runs are stored (run.storage_path): "
+                   "a folder, or a URI such as s3://bucket/prefix")
     p.add_argument("--address", default=None,
                    help="join this Ray cluster (default: start a local instance on 127.0.0.1)")
     p.add_argument("--eval", nargs="+", default=None, metavar="P",

@@ -84,6 +84,8 @@ def parse_overrides(items: list[str] | tuple[str, ...]) -> dict:
 
 def _absolute(path: str) -> str:
     # Ray needs an absolute storage path, and workers do not share the driver's cwd.
+    if "://" in path:  # a URI (s3://...): harness.storage
+        return path
     return str(Path(path).expanduser().resolve())
 
 

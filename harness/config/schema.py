@@ -291,16 +291,29 @@ class ProbeConfig(Section):
             fail(self._key("eval_images"), "must be >= 1, or null for the whole split")
 
 
+_PLACEMENTS = ("PACK", "SPREAD", "STRICT_SPREAD", "STRICT_PACK")  # Ray's placement strategies
+
+
 @dataclass(frozen=True)
 class WorkersConfig(Section):
     SECTION: ClassVar[str] = "workers"
     num_workers: int = 1                       # Ray Train workers (one GPU each with use_gpu)
     use_gpu: bool = False
     cpus_per_worker: int = 1                   # also the worker's torch thread count
+    # Ray's placement of the workers over the nodes: PACK (fewest nodes), SPREAD (as many as
+    # it can), STRICT_SPREAD (each on its own node), STRICT_PACK (all on one node).
+    placement: str = "PACK"
 
     def __post_init__(self):
         self._check_types()
         require_positive(self, "num_workers", "cpus_per_worker")
+        if self.placement not in _PLACEMENTS:
+            fail(self._key("placement"), f"{self.placement!r}: choose one of "
+                                          f"{', '.join(_PLACEMENTS)}")
+
+
+# The URI schemes pyarrow.fs.FileSystem.from_uri opens (Ray's storage_path takes the same).
+_STORAGE_SCHEMES = ("s3", "gs", "gcs", "abfs", "abfss", "hdfs", "viewfs", "file")
 
 
 @dataclass(frozen=True)
@@ -321,10 +334,11 @@ class RunSettings(Section):
         if not _NAME.fullmatch(self.name):
             fail(self._key("name"), f"{self.name!r} must be letters, digits, '.', '_' or '-' "
                                      "(it becomes a folder name)")
-        if "://" in self.storage_path:
-            fail(self._key("storage_path"), "must be a filesystem path (on a cluster, one every "
-                                             "node mounts): rank 0 writes TensorBoard and "
-                                             "metrics.jsonl into it directly")
+        scheme = self.storage_path.partition("://")[0] if self.remote else None
+        if scheme is not None and scheme not in _STORAGE_SCHEMES:
+            fail(self._key("storage_path"), f"{scheme}:// is not a storage URI scheme pyarrow.fs "
+                                             f"opens: use one of {', '.join(_STORAGE_SCHEMES)} "
+                                             "(s3://bucket/prefix), or a folder")
         require_positive(self, "checkpoint_every", "keep_checkpoints")
         if self.max_failures < -1:
             fail(self._key("max_failures"), "must be >= 0, or -1 for unlimited restarts")
@@ -338,8 +352,27 @@ class RunSettings(Section):
                                                        "run.max_failures >= 1 so the run recovers")
 
     @property
+    def remote(self) -> bool:
+        """storage_path is a URI (s3://..., any pyarrow.fs URI): see harness.storage."""
+        return "://" in self.storage_path
+
+    @property
+    def run_location(self) -> str:
+        """Where the run's record lives: storage_path/name, a folder or a URI."""
+        from harness.storage import join
+
+        return join(self.storage_path, self.name) if self.remote else str(self.run_dir)
+
+    @property
     def run_dir(self) -> Path:
-        """storage_path/name: Ray Train's checkpoints, TensorBoard, metrics.jsonl, export/."""
+        """storage_path/name: Ray Train's checkpoints, TensorBoard, metrics.jsonl, export/.
+
+        With a URI storage_path, this node's working copy of the run (harness.storage): rank
+        0 writes its records there and mirrors them to `run_location`."""
+        if self.remote:
+            from harness.storage import local_cache
+
+            return local_cache("runs", self.storage_path, self.name)
         return Path(self.storage_path) / self.name
 
 

@@ -8,11 +8,15 @@ run. Written atomically, after the protocol finished: a record on disk is always
 from __future__ import annotations
 
 import argparse
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
 import yaml
 
+from harness import storage
+from harness.checkpoint import STATE_FILE
 from harness.config.schema import CliValue, ConfigError
 from harness.evaluation.backbone import load_backbone
 from harness.evaluation.runner import evaluate
@@ -48,6 +52,17 @@ def default_out(checkpoint: Path) -> Path:
     return folder / "eval"
 
 
+def _remote_out(uri: str) -> str:
+    """default_out of a URI: eval/ in the run the checkpoint belongs to."""
+    base, sep, query = uri.partition("?")
+    parts = base.rstrip("/").split("/")
+    if parts[-1] == STATE_FILE:
+        parts.pop()
+    if parts[-1].startswith("checkpoint_epoch") or parts[-1] == "export":
+        parts.pop()
+    return storage.join("/".join(parts) + sep + query, "eval")
+
+
 def write_records(records: list[dict], out: Path) -> list[Path]:
     paths = []
     for record in records:
@@ -65,9 +80,13 @@ def print_record(record: dict) -> None:
 def eval_command(args: argparse.Namespace) -> int:
     settings = settings_from(args.config, args.set, resolution=args.resolution)
     protocols = parse_protocols(args.protocol)
-    checkpoint = Path(args.checkpoint)
+    remote = storage.is_uri(args.checkpoint)
+    checkpoint = args.checkpoint if remote else Path(args.checkpoint)
     backbone = load_backbone(checkpoint, expect_arch=args.arch)
-    out = Path(args.out) if args.out else default_out(checkpoint)
+    # A run at a URI gets its records there (eval/ beside its checkpoints), unless --out.
+    mirror = _remote_out(args.checkpoint) if remote and not args.out else None
+    out = Path(args.out) if args.out else (Path(tempfile.mkdtemp(prefix="harness-eval-"))
+                                           if mirror else default_out(checkpoint))
     print(f"harness eval: {backbone.arch} (epoch {backbone.epoch}) from {backbone.source}: "
           f"{', '.join(protocols)}" + ("" if args.no_baseline else ", and a random-init baseline"))
     start = time.perf_counter()
@@ -75,5 +94,9 @@ def eval_command(args: argparse.Namespace) -> int:
                        settings=settings, with_baseline=not args.no_baseline,
                        log=print_record)
     write_records(records, out)
-    print(f"harness eval: {len(records)} records in {out} ({time.perf_counter() - start:.0f} s)")
+    if mirror:
+        storage.upload(out, mirror)
+        shutil.rmtree(out, ignore_errors=True)
+    print(f"harness eval: {len(records)} records in {mirror or out} "
+          f"({time.perf_counter() - start:.0f} s)")
     return 0

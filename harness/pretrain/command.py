@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+from pathlib import Path
 
 from harness.ray_runtime import ray_session  # first: sets Ray's environment before `import ray`
 
 import ray.train  # noqa: E402
 
+from harness import storage  # noqa: E402
 from harness.config import ConfigError, PretrainConfig, load_config  # noqa: E402
 from harness.pretrain.driver import pretrain  # noqa: E402
 from harness.pretrain.run_log import read_divergence  # noqa: E402
@@ -19,7 +21,7 @@ __all__ = ["pretrain_command"]
 
 def pretrain_command(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.set or [], name=args.name, storage_path=args.storage)
-    print(f"harness pretrain: run '{cfg.run.name}' in {cfg.run.run_dir}: {cfg.model.arch}, "
+    print(f"harness pretrain: run '{cfg.run.name}' in {cfg.run.run_location}: {cfg.model.arch}, "
           f"projector {cfg.model.projector}, batch {cfg.batch_size} over "
           f"{cfg.workers.num_workers} {'GPU' if cfg.workers.use_gpu else 'CPU'} worker(s), "
           f"{cfg.epochs} epochs")
@@ -31,15 +33,20 @@ def pretrain_command(args: argparse.Namespace) -> int:
         except ray.train.TrainingFailedError as err:
             print(f"harness pretrain: the run failed: {err}")
             return 1
-        diverged = read_divergence(cfg.run.run_dir)
+        diverged = read_divergence(cfg.run.run_location)
         if diverged:
             print(f"harness pretrain: the run failed: {diverged}; lower the learning rate or "
                   "check the data")
             return 1
         m = result.metrics or {}
+        location = cfg.run.run_location
+        if cfg.run.remote:  # this machine's copy of the record, for TensorBoard and --eval
+            for part in ("metrics.jsonl", "tensorboard", "export"):
+                storage.download(location, cfg.run.run_dir, part)
+        checkpoint = Path(result.checkpoint.path).name if result.checkpoint else None
         print(f"harness pretrain: done at epoch {m.get('epoch')}, step {m.get('step')}; "
-              f"checkpoint {result.checkpoint.path if result.checkpoint else None}; "
-              f"export {cfg.run.run_dir / 'export'}; "
+              f"checkpoint {storage.join(location, checkpoint) if checkpoint else None}; "
+              f"export {storage.join(location, 'export')}; "
               f"TensorBoard: tensorboard --logdir {cfg.run.run_dir / 'tensorboard'}")
         if evaluation:
             _evaluate_run(cfg, args, *evaluation)
@@ -67,10 +74,13 @@ def _evaluate_run(cfg: PretrainConfig, args: argparse.Namespace, protocols, sett
     from harness.evaluation.command import print_record, write_records
     from harness.evaluation.remote import evaluate_in_ray
 
-    records = evaluate_in_ray(cfg.run.run_dir, protocols, cfg.data.dir,
+    records = evaluate_in_ray(cfg.run.run_location, protocols, cfg.data.dir,
                               transfer_dirs=args.eval_transfer, settings=settings,
                               workers=cfg.workers, init="both")
     for record in records:
         print_record(record)
     write_records(records, cfg.run.run_dir / "eval")
-    print(f"harness pretrain: {len(records)} evaluation records in {cfg.run.run_dir / 'eval'}")
+    if cfg.run.remote:
+        storage.upload(cfg.run.run_dir, cfg.run.run_location, "eval")
+    print(f"harness pretrain: {len(records)} evaluation records in "
+          f"{storage.join(cfg.run.run_location, 'eval')}")

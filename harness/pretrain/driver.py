@@ -23,33 +23,40 @@ import ray.train  # noqa: E402
 import torch  # noqa: E402
 from ray.train.torch import TorchTrainer  # noqa: E402
 
-from harness.checkpoint import latest_checkpoint  # noqa: E402
-from harness.config import ConfigError, PretrainConfig  # noqa: E402
+from harness import storage  # noqa: E402
+from harness.checkpoint import STATE_FILE, latest_checkpoint  # noqa: E402
+from harness.config import ConfigError, PretrainConfig, RunSettings  # noqa: E402
 from harness.provenance import record_provenance, usable_cpus  # noqa: E402
 from harness.pretrain.worker import train_loop  # noqa: E402
 
 __all__ = ["pretrain", "build_trainer", "record_launch", "check_resume", "check_local_resources",
            "provenance"]
 
-def check_resume(cfg: PretrainConfig) -> Path | None:
+def check_resume(cfg: PretrainConfig) -> Path | str | None:
     """The run's newest checkpoint, after checking it was made by the same model."""
-    newest = latest_checkpoint(cfg.run.run_dir)
+    newest = latest_checkpoint(cfg.run.run_location)
     if newest is None:
         return None
-    # mmap: only the small config is read, not the weights.
-    saved = torch.load(newest / "state.pt", map_location="cpu", weights_only=True, mmap=True)
-    for key, value in saved["config"]["model"].items():
+    with storage.local_copy(storage.join(str(newest), STATE_FILE)) as state:
+        # mmap: only the small config is read, not the weights.
+        saved = torch.load(state, map_location="cpu", weights_only=True, mmap=True)["config"]
+    for key, value in saved["model"].items():
         if getattr(cfg.model, key) != value:
             raise ConfigError(
                 f"model.{key}: run '{cfg.run.name}' in {cfg.run.storage_path} was trained with "
                 f"model.{key}={value!r}, not {getattr(cfg.model, key)!r}; it would resume from "
-                f"{newest.name}. Use another --name, or the run's own model settings")
+                f"{str(newest).partition('?')[0].rstrip('/').rsplit('/', 1)[-1]}. Use another "
+                "--name, or the run's own model settings")
     return newest
 
 
 def check_local_resources(cfg: PretrainConfig) -> None:
     """A local Ray instance would wait forever for resources this machine does not have."""
     w = cfg.workers
+    if w.placement == "STRICT_SPREAD" and w.num_workers > 1:
+        raise ConfigError(f"workers.placement: STRICT_SPREAD puts each of the {w.num_workers} "
+                          "workers on its own node, and a local Ray instance is one node: use "
+                          "PACK here, or run on a cluster (--address)")
     cpus = usable_cpus()
     if w.num_workers * w.cpus_per_worker > cpus:
         raise ConfigError(f"workers.num_workers: {w.num_workers} workers x {w.cpus_per_worker} "
@@ -68,10 +75,17 @@ def provenance(cfg: PretrainConfig, address: str | None) -> dict:
 
 def record_launch(cfg: PretrainConfig, address: str | None) -> None:
     """One line per launch (first start and every resume) in the run's launches.jsonl."""
-    run_dir = cfg.run.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with (run_dir / "launches.jsonl").open("a") as f:
-        f.write(json.dumps(provenance(cfg, address)) + "\n")
+    storage.append_line(storage.join(cfg.run.run_location, "launches.jsonl"),
+                        json.dumps(provenance(cfg, address)))
+
+
+def _storage(run: RunSettings) -> dict:
+    """RunConfig's storage arguments: a folder, or a URI's filesystem (with its options, such
+    as an S3 endpoint) and path on it."""
+    if not run.remote:
+        return {"storage_path": run.storage_path}
+    fs, path = storage.filesystem(run.storage_path)
+    return {"storage_path": path, "storage_filesystem": fs}
 
 
 def build_trainer(cfg: PretrainConfig, callbacks=()) -> TorchTrainer:
@@ -81,10 +95,10 @@ def build_trainer(cfg: PretrainConfig, callbacks=()) -> TorchTrainer:
         train_loop,
         train_loop_config={"config": cfg.to_dict()},
         scaling_config=ray.train.ScalingConfig(
-            num_workers=w.num_workers, use_gpu=w.use_gpu,
+            num_workers=w.num_workers, use_gpu=w.use_gpu, placement_strategy=w.placement,
             resources_per_worker={"CPU": w.cpus_per_worker, **({"GPU": 1} if w.use_gpu else {})}),
         run_config=ray.train.RunConfig(
-            name=cfg.run.name, storage_path=cfg.run.storage_path,
+            name=cfg.run.name, **_storage(cfg.run),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),
             failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
             # INFO would print every report of every rank with all its metrics; the
@@ -102,6 +116,8 @@ def pretrain(cfg: PretrainConfig, address: str | None = None, *,
     does, unless told not to), so it is not read again here."""
     if check_data:
         cfg.check_data()
+    if cfg.run.remote:
+        storage.check_uri(cfg.run.run_location)  # reachable and writable, before Ray starts
     check_resume(cfg)
     if address is None:
         check_local_resources(cfg)

@@ -25,11 +25,13 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import ray
 import ray.train
 import ray.train.torch
 import torch
 
 from data_prep import read_manifest, validation_part
+from harness import storage
 from harness.checkpoint import checkpoint_dir_name, load_state, save_state, write_export
 from harness.config import PretrainConfig
 from harness.data.prepared import beton_path
@@ -113,6 +115,7 @@ class _Worker:
         torch.set_num_threads(self.cfg.workers.cpus_per_worker)
         self.device = ray.train.torch.get_device()
         self.on_gpu = self.device.type == "cuda"
+        self.nodes = self._count_nodes()
         if self.on_gpu:
             torch.backends.cudnn.benchmark = True  # fixed input size: pick the fastest kernels
         torch.manual_seed(self.cfg.seed)  # identical initial weights on every rank (DDP checks)
@@ -120,6 +123,15 @@ class _Worker:
             log.warning("CPU workers keep per-worker BatchNorm statistics (torch's "
                         "SyncBatchNorm is GPU-only); the loss still normalises z over the "
                         "global batch")
+
+    def _count_nodes(self) -> int:
+        """How many Ray nodes the worker group spans (by node ID: Train's node rank goes by IP
+        address, and nodes may share one)."""
+        if self.world == 1:
+            return 1
+        ids = [None] * self.world
+        torch.distributed.all_gather_object(ids, ray.get_runtime_context().get_node_id())
+        return len(set(ids))
 
     def _restore(self) -> dict | None:
         checkpoint = ray.train.get_checkpoint()
@@ -169,7 +181,8 @@ class _Worker:
 
     def _open_run_log(self, data_dir: Path, split: str) -> None:
         cfg = self.cfg
-        self.run_log = RunLog(self.run_dir, resume_step=self.global_step, enabled=self.rank == 0)
+        self.run_log = RunLog(self.run_dir, resume_step=self.global_step, enabled=self.rank == 0,
+                              mirror=cfg.run.run_location if cfg.run.remote else None)
         if self.global_step == 0 and self.run_log.enabled:
             from harness.data.views import view_grid
 
@@ -210,8 +223,9 @@ class _Worker:
             epochs = max(self.start_epoch, self.cfg.epochs)
             write_export(self.model, self.cfg.to_dict(), self.run_dir / "export",
                          step=self.global_step, epoch=epochs,
-                         source=str(self.run_dir / checkpoint_dir_name(epochs)))
-        self.run_log.close()
+                         source=storage.join(self.cfg.run.run_location,
+                                             checkpoint_dir_name(epochs)))
+        self.run_log.close("export")
 
     def _train_epoch(self, epoch: int) -> dict:
         _seed_epoch(self.loader, self.cfg.seed, self.rank, epoch)
@@ -256,6 +270,7 @@ class _Worker:
             "throughput/images_per_s_per_worker": images / elapsed / self.world,
             "time/epoch_s": elapsed,
             "time/data_wait_fraction": batches.waited / elapsed,
+            "workers/nodes": self.nodes,
             **({"probe/train_loss": means[3]} if self.probe is not None else {}),
             **({"time/first_step_unix": first_step_at} if first_step_at else {}),
         }
@@ -295,10 +310,11 @@ class _Worker:
         target = self.cfg.run.debug_exit_at_step
         if target is None or self.global_step != target or self.rank != self.world - 1:
             return
-        marker = self.run_dir / f"debug_exit_at_step_{target}.done"
-        if marker.exists():  # a restarted worker group passes this step again: die only once
+        # In the run's own storage: the restarted worker may run on another node.
+        marker = storage.join(self.cfg.run.run_location, f"debug_exit_at_step_{target}.done")
+        if storage.exists(marker):  # a restarted worker group passes this step again: die once
             return
-        marker.write_text(f"rank {self.rank} exited at step {target}\n")
+        storage.write_text(marker, f"rank {self.rank} exited at step {target}\n")
         log.warning(f"debug_exit_at_step={target}: rank {self.rank} exits now")
         os._exit(1)
 

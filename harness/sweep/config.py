@@ -481,10 +481,10 @@ def load_sweep(path: Path | str, *, name: str | None = None, storage_path: str |
     if "://" in str(storage):
         # A URI (s3://, gs://, file://, anything pyarrow.fs opens, as Ray's storage_path): the
         # sweep works in a local folder, which trials write into directly, and mirrors it to
-        # the URI as trials finish (harness.sweep.storage).
-        from harness.sweep.storage import check_uri, local_root
+        # the URI as trials finish (harness.storage).
+        from harness.storage import check_uri, join, local_root
 
-        storage_uri = f"{str(storage).rstrip('/')}/{name}"
+        storage_uri = join(str(storage), name)
         check_uri(storage_uri)
         storage = local_root()
     # Relative paths are taken from the current directory, as in the pretraining configs.

@@ -50,7 +50,7 @@ from harness.results.layout import (pretrain_dir, read_baselines, read_json,  # 
 from harness.pretrain.run_log import read_divergence, read_metrics  # noqa: E402
 from harness.sweep.config import SCHEDULER_METRICS, SweepConfig, load_sweep  # noqa: E402
 from harness.sweep.progress import SweepProgress  # noqa: E402
-from harness.sweep.storage import download, upload  # noqa: E402
+from harness.storage import download, exists, join, upload  # noqa: E402
 
 __all__ = ["run_sweep", "sweep_command", "run_trial", "SLOT", "FINISHED"]
 
@@ -272,7 +272,9 @@ def run_sweep(sweep: SweepConfig, *, address: str | None = None, resume: bool = 
     a sweep split over several clusters); returns every trial's record. verbose: the workers'
     output and Ray's own messages on the console too (else only in RUN_DIR/logs)."""
     selected = _selected(sweep, only)
-    if sweep.storage_uri and download(sweep.storage_uri, sweep.run_dir):
+    if sweep.storage_uri and not (sweep.run_dir / "sweep.json").is_file() and \
+            exists(join(sweep.storage_uri, "sweep.json")):
+        download(sweep.storage_uri, sweep.run_dir)
         print(f"harness sweep: resuming from {sweep.storage_uri}", flush=True)
     done = {k: v for k, v in _check_existing(sweep, resume).items() if v in FINISHED}
     todo = [t for t in sweep.trials if t.trial_id not in done and t.trial_id in selected]

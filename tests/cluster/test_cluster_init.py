@@ -2,11 +2,6 @@
 checked, the region's newest matching AMI pinned, and a file that Ray's own validator takes."""
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +9,7 @@ import yaml
 
 from harness.cli import main
 from harness.cluster_init import AMI_NAME
-from processes import guard, kill_tree
+from moto_s3 import TEST_CREDENTIALS, moto_server
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -42,34 +37,14 @@ def aws(tmp_path, monkeypatch):
                                  "virtualization_type": "hvm", "hypervisor": "xen",
                                  "image_type": "machine", "description": i["name"]}
                                 for i in IMAGES]))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H",
-                               "127.0.0.1", "-p", str(port)],
-                              env={**os.environ, "MOTO_AMIS_PATH": str(amis)},
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)
-    try:
-        deadline = time.monotonic() + guard(10)
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "moto_server did not start"
-                time.sleep(0.2)
-        for key, value in {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-                           "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                           "AWS_EC2_METADATA_DISABLED": "true"}.items():
+    with moto_server({"MOTO_AMIS_PATH": str(amis)}) as endpoint:
+        for key, value in {**TEST_CREDENTIALS, "AWS_ENDPOINT_URL": endpoint}.items():
             monkeypatch.setenv(key, value)
         import boto3
 
         boto3.client("s3", region_name="eu-west-1").create_bucket(
             Bucket="bt-results", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
         yield
-    finally:
-        kill_tree(server)
 
 
 def test_writes_a_file_ray_up_takes_as_it_is(aws, tmp_path, capsys):

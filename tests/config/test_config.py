@@ -120,8 +120,9 @@ BAD = [
     (["optimizer.name=adam"], "optimizer.name"),
     (["optimizer.momentum=1"], "optimizer.momentum"),
     (["workers.num_workers=0"], "workers.num_workers"),
+    (["workers.placement=spread_out"], "workers.placement"),
     (["run.name=a/b"], "run.name"),
-    (["run.storage_path=s3://bucket/runs"], "run.storage_path"),
+    (["run.storage_path=s4://bucket/runs"], "run.storage_path"),  # a typo'd scheme
     (["run.max_failures=0", "run.debug_exit_at_step=3"], "run.debug_exit_at_step"),
     (["data.resolution=4"], "data.resolution"),
     (["batch_size=512"], "batch_size"),                     # 400 images: 200 per worker < 256

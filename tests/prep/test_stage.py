@@ -3,10 +3,6 @@ from a folder, a file:// URI and a real S3 protocol server (moto, on 127.0.0.1).
 
 import json
 import shutil
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +10,7 @@ import pytest
 from data_prep import PrepError, prepare, read_manifest
 from data_prep.stage import stage
 from harness.cli import main
-from processes import guard, kill_tree
+from moto_s3 import TEST_CREDENTIALS, moto_server, s3_uri
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -82,42 +78,21 @@ def test_bad_sources_say_what_to_do(bucket, tmp_path, capsys):
     assert "no prepared data set 'c' at" in capsys.readouterr().err
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_stages_from_s3(cifar_prepared, tmp_path, monkeypatch):
     """A real S3 protocol server: moto, on loopback, the data uploaded with pyarrow."""
     from pyarrow.fs import LocalFileSystem, S3FileSystem, copy_files
 
-    port = _free_port()
-    server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H",
-                               "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.monotonic() + guard(10)
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.2)
-        for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                           "AWS_EC2_METADATA_DISABLED": "true"}.items():
+    with moto_server() as endpoint:
+        for key, value in TEST_CREDENTIALS.items():
             monkeypatch.setenv(key, value)
-        s3 = S3FileSystem(endpoint_override=f"127.0.0.1:{port}", scheme="http",
+        s3 = S3FileSystem(endpoint_override=endpoint.removeprefix("http://"), scheme="http",
                           region="us-east-1", allow_bucket_creation=True)
         s3.create_dir("datasets")
         copy_files(str(cifar_prepared), "datasets/prefix/cifar10",
                    source_filesystem=LocalFileSystem(), destination_filesystem=s3)
-        uri = f"s3://datasets/prefix?endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1"
         dest = tmp_path / "node"
-        (result,) = stage(uri, dest)
+        (result,) = stage(s3_uri(endpoint, "datasets", "prefix"), dest)
         assert (result.name, result.copied) == ("cifar10", True)
         assert _files(dest / "cifar10") == _files(cifar_prepared)
-        (again,) = stage(uri, dest)
+        (again,) = stage(s3_uri(endpoint, "datasets", "prefix"), dest)
         assert not again.copied
-    finally:
-        kill_tree(server)

@@ -33,7 +33,7 @@ STEPS_PER_EPOCH = 5          # 400 images less 40 for val / 2 workers: 180 each;
 KILL_AT = 9                  # mid-epoch 2, after the epoch-1 checkpoint
 EPOCH_TAGS = {"loss/total", "loss/on_diag", "loss/off_diag", "lr/weights", "lr/biases",
               "throughput/images_per_s", "time/epoch_s", "time/data_wait_fraction",
-              "probe/val_top1", "probe/train_loss", "memory/cpu_max_rss_gb"}
+              "probe/val_top1", "probe/train_loss", "memory/cpu_max_rss_gb", "workers/nodes"}
 
 
 @pytest.fixture(scope="module")

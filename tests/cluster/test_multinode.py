@@ -1,0 +1,260 @@
+"""A multi-node Ray cluster on this machine, with S3 as its only shared storage.
+
+The cluster is real: a head (no CPUs: it schedules, it does not train) and two worker nodes,
+each a raylet of its own on 127.0.0.1 with one CPU (ray.cluster_utils.Cluster starts them as
+`ray start` does). Each node has its own working folder for the harness (BT_STORAGE_CACHE); the
+one place they share is a bucket on moto's S3 server, on 127.0.0.1, which `harness pretrain
+--storage s3://...` writes checkpoints, metrics.jsonl, TensorBoard, launch records and the
+export to. What is simulated: the machines (every node shares this one's disk and CPUs) and
+the autoscaler (the test adds the replacement node). What is real: Ray's nodes and their
+processes, the S3 protocol, the SIGKILL of a node's raylet.
+
+- Placement does not change the math: 2 workers on 2 nodes (STRICT_SPREAD) take the same
+  per-step losses as 2 workers on one node (a local instance), same seed and data.
+- Node loss: the node holding rank 0 vanishes mid-run (its raylet and the processes it started
+  SIGKILLed); a replacement node joins; Ray Train restarts the worker group, which resumes from the newest checkpoint in S3
+  (the new rank 0's node has never seen the run) and ends with each epoch once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.ray_runtime import ray_session  # noqa: F401  (first: Ray's environment)
+
+from moto_s3 import TEST_CREDENTIALS, moto_server, s3_uri  # noqa: E402
+from processes import guard, kill_tree, run_tree  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+HARNESS = Path(sys.executable).parent / "harness"
+EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
+STEPS_PER_EPOCH = 5       # 400 images less 40 for val, 64 a step (harness.data: drop_last)
+RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train V2's record of the checkpoints
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """moto's S3 on loopback with an empty bucket `runs`; the credentials in the environment of
+    this process and of everything it starts (the cluster's nodes, the commands)."""
+    import boto3
+
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in {**TEST_CREDENTIALS, "GLOO_SOCKET_IFNAME": "lo",
+                           "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
+                           "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}.items():
+            mp.setenv(key, value)
+        mp.delenv("RAY_ADDRESS", raising=False)
+        with moto_server() as endpoint:
+            boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1") \
+                .create_bucket(Bucket="runs")
+            yield endpoint
+
+
+class _Cluster:
+    """ray.cluster_utils.Cluster with node-local working folders."""
+
+    def __init__(self, root: Path):
+        from ray.cluster_utils import Cluster
+
+        self.root = root
+        self.cluster = Cluster(initialize_head=True, head_node_args={
+            "num_cpus": 0, "node_ip_address": "127.0.0.1", "include_dashboard": False,
+            "env_vars": {"BT_STORAGE_CACHE": str(root / "head")}})
+        self.workers: dict[str, object] = {}
+
+    def add(self, name: str):
+        """A worker node with one CPU and a folder of its own."""
+        node = self.cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1",
+                                     env_vars={"BT_STORAGE_CACHE": str(self.root / name)})
+        self.workers[name] = node
+        return node
+
+    def reclaim(self, name: str) -> list[int]:
+        """The node vanishes, as a spot reclaim takes a machine: SIGKILL its raylet and every
+        process it started (the Ray Train workers there), then its other daemons."""
+        import psutil
+
+        node = self.workers.pop(name)
+        raylet = psutil.Process(node.all_processes["raylet"][0].process.pid)
+        doomed = [raylet, *raylet.children(recursive=True)]
+        for proc in doomed:
+            proc.send_signal(signal.SIGKILL)
+        psutil.wait_procs(doomed, timeout=10)
+        self.cluster.remove_node(node, allow_graceful=False)
+        return [p.pid for p in doomed]
+
+    def shutdown(self) -> None:
+        self.cluster.shutdown()
+
+
+@pytest.fixture(scope="module")
+def cluster(s3, tmp_path_factory):
+    c = _Cluster(tmp_path_factory.mktemp("nodes"))
+    try:
+        c.add("node-a")
+        c.add("node-b")
+        c.cluster.wait_for_nodes()
+        yield c
+    finally:
+        c.shutdown()
+
+
+def _args(data: Path, uri: str, name: str, *overrides: str) -> list[str]:
+    settings = ["warmup_epochs=1", "batch_size=64", f"data.dir={data}", "data.subset=null",
+                "data.resolution=16", "model.projector=128-128", "workers.num_workers=2",
+                "run.log_every_steps=1", "run.checkpoint_every=1", "run.max_failures=2",
+                *overrides]
+    return [str(HARNESS), "pretrain", str(EXPERIMENTS / "cifar10_cpu.yaml"), "--name", name,
+            "--storage", uri, *[x for s in settings for x in ("--set", s)]]
+
+
+def _step_losses(uri: str, tmp: Path) -> dict[int, float]:
+    """Per-step loss from the run's TensorBoard files, read from S3."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from harness import storage
+
+    assert storage.download(uri, tmp, "tensorboard")
+    acc = EventAccumulator(str(tmp / "tensorboard"), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {e.step: e.value for e in acc.Scalars("step/loss_total")}
+
+
+def _listing(uri: str) -> set[str]:
+    from pyarrow.fs import FileSelector
+
+    from harness import storage
+
+    fs, root = storage.filesystem(uri)
+    return {i.path.removeprefix(root + "/") for i in
+            fs.get_file_info(FileSelector(root, recursive=True))}
+
+
+@pytest.fixture(scope="module")
+def spread_run(cluster, s3, cifar_prepared, tmp_path_factory) -> str:
+    """A 2-epoch run with one worker on each worker node; its URI."""
+    from harness.storage import join
+
+    uri = s3_uri(s3, "runs")
+    env = {**os.environ, "BT_STORAGE_CACHE": str(tmp_path_factory.mktemp("driver"))}
+    spread = run_tree(_args(cifar_prepared, uri, "spread", "epochs=2",
+                            "workers.placement=STRICT_SPREAD")
+                      + ["--address", cluster.cluster.address], timeout=guard(90), env=env)
+    assert spread.returncode == 0, spread.stdout[-3000:]
+    return join(uri, "spread")
+
+
+def test_placement_does_not_change_the_math(spread_run, cluster, s3, cifar_prepared, tmp_path):
+    from harness.pretrain.run_log import read_metrics
+    from harness.storage import join
+
+    # The same run with both workers on one node: a local Ray instance of 2 CPUs.
+    uri = s3_uri(s3, "runs")
+    packed = run_tree(_args(cifar_prepared, uri, "packed", "epochs=2"), timeout=guard(90),
+                      env={**os.environ, "BT_STORAGE_CACHE": str(tmp_path / "driver")})
+    assert packed.returncode == 0, packed.stdout[-3000:]
+    packed_run = join(uri, "packed")
+    assert [m["workers/nodes"] for m in read_metrics(spread_run)] == [2, 2]
+    assert [m["workers/nodes"] for m in read_metrics(packed_run)] == [1, 1]
+    a = _step_losses(spread_run, tmp_path / "a")
+    b = _step_losses(packed_run, tmp_path / "b")
+    assert sorted(a) == list(range(1, 2 * STEPS_PER_EPOCH + 1)) == sorted(b)
+    assert a == pytest.approx(b, rel=1e-5), {s: (a[s], b[s]) for s in a}
+    assert a[1] != a[2]  # the losses move: equal because the math is, not because nothing ran
+
+    # Everything the run made is in the bucket: the nodes share nothing else.
+    files = _listing(spread_run)
+    for expected in ("metrics.jsonl", "launches.jsonl", "export/backbone.pt",
+                     "export/export.json", "checkpoint_epoch000002/state.pt"):
+        assert expected in files, sorted(files)
+    assert any(f.startswith("tensorboard/events.out.tfevents") for f in files)
+    # Rank 0 worked in its own node's folder, not the driver's, and not on the head.
+    worked = _folders_with_run(cluster, "spread")
+    assert len(worked) == 1 and worked <= {"node-a", "node-b"}, worked
+
+
+def test_export_and_eval_read_the_run_from_s3(spread_run, cifar_prepared, tmp_path):
+    """`harness export` and `harness eval` take the run's URI: only the part they need is
+    fetched; eval's records go to the run's eval/ in the bucket."""
+    from harness.storage import join, read_text
+
+    exported = run_tree([str(HARNESS), "export", spread_run, "--out", str(tmp_path / "export")],
+                        timeout=guard(20))
+    assert exported.returncode == 0, exported.stdout
+    info = json.loads((tmp_path / "export" / "export.json").read_text())
+    assert (info["epoch"], info["step"]) == (2, 2 * STEPS_PER_EPOCH)
+    assert info["checkpoint"] == join(spread_run, "checkpoint_epoch000002")
+    evaluated = run_tree([str(HARNESS), "eval", spread_run, "--protocol", "knn", "--data",
+                          str(cifar_prepared), "--no-baseline", "--set", "knn_k=5"],
+                         timeout=guard(30))
+    assert evaluated.returncode == 0, evaluated.stdout
+    record = json.loads(read_text(join(spread_run, "eval", "knn.json")))
+    assert record["checkpoint"]["path"] == join(spread_run, "checkpoint_epoch000002")
+    assert 0 <= record["metrics"][f"val/{record['primary']}"] <= 1
+
+
+def _wait_for(what, predicate, timeout: float, proc: subprocess.Popen):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert proc.poll() is None, f"the run ended before {what}: {proc.stdout.read()[-3000:]}"
+        assert time.monotonic() < deadline, f"no {what} after {timeout:.0f} s"
+        time.sleep(0.2)
+
+
+def test_node_loss_resumes_from_s3_with_each_epoch_once(cluster, s3, cifar_prepared, tmp_path):
+    from harness.pretrain.run_log import read_metrics
+    from harness.storage import exists, join, read_text
+
+    uri = s3_uri(s3, "runs")
+    run = join(uri, "lost")
+    cmd = _args(cifar_prepared, uri, "lost", "epochs=3", "workers.placement=STRICT_SPREAD") + \
+        ["--address", cluster.cluster.address]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True,
+                            env={**os.environ, "BT_STORAGE_CACHE": str(tmp_path / "driver")})
+    try:
+        # Epoch 1's record and checkpoint in S3, the checkpoint registered by Ray Train (its
+        # checkpoint manager's snapshot is written then): epoch 2 is under way.
+        _wait_for("epoch 1's checkpoint in S3",
+                  lambda: len(read_metrics(run)) == 1 and exists(join(run, RAY_SNAPSHOT)),
+                  guard(60), proc)
+        # The node whose folder holds the run's working copy holds rank 0.
+        (rank0,) = _folders_with_run(cluster, "lost")
+        killed = cluster.reclaim(rank0)
+        cluster.add("node-c")  # the autoscaler's replacement, with an empty folder
+        out, _ = proc.communicate(timeout=guard(120))
+    finally:
+        kill_tree(proc)
+    assert proc.returncode == 0, out[-4000:]
+    assert len(killed) >= 2  # the raylet and at least the Train worker it ran
+    assert "resuming lost at epoch 1, step 5" in out, out[-4000:]
+    metrics = read_metrics(run)
+    assert [(m["epoch"], m["step"]) for m in metrics] == \
+        [(e, e * STEPS_PER_EPOCH) for e in (1, 2, 3)]
+    # The new rank 0 worked on a node that had never seen the run (the replacement, or the
+    # survivor, which held rank 1): it fetched epoch 1's record from S3 and went on from it.
+    (new_rank0,) = _folders_with_run(cluster, "lost") - {rank0}
+    assert [m["epoch"] for m in read_metrics(_run_copy(cluster, new_rank0, "lost"))] == [1, 2, 3]
+    launches = (read_text(join(run, "launches.jsonl")) or "").splitlines()
+    assert len(launches) == 1  # one command: Ray Train restarted the worker group itself
+
+
+def _run_copy(cluster: _Cluster, node: str, name: str) -> Path:
+    """That node's working copy of the run (harness.storage.local_cache)."""
+    (folder,) = (cluster.root / node / "runs").glob(f"{name}-*")
+    return folder
+
+
+def _folders_with_run(cluster: _Cluster, name: str) -> set[str]:
+    """The nodes whose working folder holds a copy of run `name` (rank 0 worked there)."""
+    return {p.parts[len(cluster.root.parts)]
+            for p in cluster.root.glob(f"*/runs/{name}-*/metrics.jsonl")}
