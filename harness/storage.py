@@ -27,7 +27,7 @@ from harness.config.schema import ConfigError
 
 __all__ = ["is_uri", "join", "filesystem", "local_root", "local_cache", "check_uri", "exists",
            "read_text", "write_text", "read_bytes", "list_dirs", "download", "upload", "delete",
-           "append_line", "local_copy"]
+           "append_line", "local_copy", "download_records"]
 
 _WRITE_CHECK = ".harness-write-check"
 
@@ -223,3 +223,24 @@ def local_copy(location: str | Path) -> Iterator[Path]:
         if not download(parent + sep + query, Path(tmp), name):
             raise FileNotFoundError(f"{location} does not exist")
         yield Path(tmp) / name
+
+
+def download_records(uri: str, local: Path, skip=("checkpoint_epoch", "export")) -> int:
+    """Copy what `uri` holds into `local`, except the folders whose name starts with one of
+    `skip` (checkpoints and exports: Ray Train and evaluation read those from the URI itself);
+    returns the number of files copied."""
+    from pyarrow.fs import FileSelector, FileType, LocalFileSystem, copy_files
+
+    fs, root = filesystem(uri)
+    copied = 0
+    for info in fs.get_file_info(FileSelector(root, recursive=True, allow_not_found=True)):
+        relative = info.path[len(root):].lstrip("/")
+        if info.type != FileType.File or any(
+                part.startswith(skip) for part in relative.split("/")[:-1]):
+            continue
+        target = Path(local) / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        copy_files(info.path, str(target), source_filesystem=fs,
+                   destination_filesystem=LocalFileSystem())
+        copied += 1
+    return copied

@@ -31,6 +31,11 @@ def _task(source: str, protocols, data_dir, transfer_dirs, settings: dict, init:
                     settings=settings, with_baseline=init == "both")
 
 
+def _largest_node_cpus() -> int:
+    return int(max((node["Resources"].get("CPU", 0) for node in ray.nodes() if node["Alive"]),
+                   default=1))
+
+
 def evaluate_in_ray(source: Path | str, protocols: Sequence[str], data_dir: Path | str | None, *,
                     transfer_dirs: Sequence[Path | str] = (), settings: EvalSettings,
                     workers: WorkersConfig, init: str = "pretrained") -> list[dict]:
@@ -41,6 +46,9 @@ def evaluate_in_ray(source: Path | str, protocols: Sequence[str], data_dir: Path
     if init not in ("pretrained", "random", "both"):
         raise ValueError(f"init={init!r}: choose pretrained, random or both")
     cpus = workers.cpus_per_worker * (1 if workers.use_gpu else workers.num_workers)
+    # One task runs on one node: a CPU run whose workers spanned several nodes is evaluated
+    # with as many CPUs as the largest node has (asking for more would wait forever).
+    cpus = max(1, min(cpus, _largest_node_cpus()))
     # "DEFAULT": outside the caller's placement group. A sweep trial's function holds a bundle
     # with no CPU (harness.sweep.run); a task captured into it could never be scheduled.
     task = ray.remote(_task).options(num_cpus=cpus, num_gpus=1 if workers.use_gpu else 0,

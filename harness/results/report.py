@@ -220,7 +220,19 @@ def _write_csv(path: Path, report: Report) -> None:
 
 
 def report_command(args: argparse.Namespace) -> int:
-    run_dir = Path(args.run_dir)
+    from harness import storage
+
+    uri = args.run_dir if storage.is_uri(args.run_dir) else None
+    if uri:
+        # The sweep's records (not its checkpoints) into this machine's copy; the report is
+        # written there and, unless --out, into the URI beside them.
+        name = uri.partition("?")[0].rstrip("/").rsplit("/", 1)[-1]
+        run_dir = storage.local_cache("sweeps", uri, name)
+        if not storage.download_records(uri, run_dir):
+            raise FileNotFoundError(f"{uri}: nothing there (give the URI `harness sweep "
+                                    "--storage` wrote to, with the sweep's name at its end)")
+    else:
+        run_dir = Path(args.run_dir)
     report = load_report(run_dir, args.metric)
     if not report.trials:
         print(f"harness report: sweep '{report.name}' ({run_dir}) has no trials yet: nothing to "
@@ -229,6 +241,9 @@ def report_command(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else report_dir(run_dir)
     figures = write_report(report, out)
     print(text(report))
+    if uri and not args.out:
+        storage.upload(run_dir, uri, "report")
+        print(f"report mirrored to {storage.join(uri, 'report')}")
     print(f"wrote {out / 'results.md'}, {out / 'results.csv'}, {len(figures)} figures, "
           f"and {out / 'tensorboard'}")
     print(f"view: tensorboard --logdir {run_dir} --host 127.0.0.1")

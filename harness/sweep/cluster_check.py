@@ -121,9 +121,9 @@ def _read_probes(node: str, storage_path: str, token: str, nodes: list[str]) -> 
     missing = [n for n in nodes if n not in found]
     if missing:
         return [f"{_node_name(node)}: storage {storage_path} is not shared: files written "
-                f"there by {len(missing)} other node(s) are not visible. Use a shared file "
-                "system mounted at the same path on every node (cluster.yaml mounts the "
-                "results bucket at /mnt/results)"]
+                f"there by {len(missing)} other node(s) are not visible. Use the results "
+                "bucket (--storage s3://YOUR-BUCKET/barlow-harness/sweeps) or a shared file "
+                "system mounted at the same path on every node"]
     return []
 
 

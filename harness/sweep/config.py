@@ -68,6 +68,7 @@ from harness.config import ConfigError, PretrainConfig, load_config, read_yaml
 from harness.config.schema import CliValue, Section, build_section, fail, require_positive
 from harness.evaluation.settings import EvalSettings, parse_protocols
 from harness.results.layout import SELECT_SPLIT, parse_column, with_split
+from harness.storage import join
 
 __all__ = ["SweepConfig", "TrialSpec", "load_sweep", "is_group", "point_key", "CLAIMS",
            "DISTRIBUTIONS", "SCHEDULER_METRICS"]
@@ -479,10 +480,10 @@ def load_sweep(path: Path | str, *, name: str | None = None, storage_path: str |
     storage = storage_path or spec.storage_path or "runs/sweeps"
     storage_uri = None
     if "://" in str(storage):
-        # A URI (s3://, gs://, file://, anything pyarrow.fs opens, as Ray's storage_path): the
-        # sweep works in a local folder, which trials write into directly, and mirrors it to
-        # the URI as trials finish (harness.storage).
-        from harness.storage import check_uri, join, local_root
+        # A URI (s3://, gs://, file://, anything pyarrow.fs opens, as Ray's storage_path): each
+        # trial's training run is stored there (its workers write to it from any node); the
+        # sweep's own records are written in a local folder and mirrored (harness.storage).
+        from harness.storage import check_uri, local_root
 
         storage_uri = join(str(storage), name)
         check_uri(storage_uri)
@@ -523,8 +524,12 @@ def load_sweep(path: Path | str, *, name: str | None = None, storage_path: str |
             values = {k: _check_value(k, v) for k, v in {**fixed, **params}.items()
                       if k not in group_labels}
             try:
+                # RUN_DIR/trials/<id>/pretrain; in the URI itself where the sweep has one, so
+                # that a trial's workers on any node write their records there.
+                trial_storage = (join(storage_uri, "trials", trial_id) if storage_uri
+                                 else str(run_dir / "trials" / trial_id))
                 cfg = load_config(experiment, values=values, name="pretrain",
-                                  storage_path=str(run_dir / "trials" / trial_id),
+                                  storage_path=trial_storage,
                                   check_data=check_data)
             except ConfigError as err:
                 raise ConfigError(f"trial {trial_id} ({params}): {err}") from None

@@ -44,17 +44,18 @@ from harness.evaluation.settings import EvalSettings  # noqa: E402
 from harness.pretrain.driver import (build_trainer, check_local_resources,  # noqa: E402
                                      record_launch)
 from harness.provenance import record_provenance, usable_cpus  # noqa: E402
-from harness.results.layout import (pretrain_dir, read_baselines, read_json,  # noqa: E402
-                                    read_trials, train_from_metrics, trial_dir, write_baseline,
+from harness.results.layout import (read_baselines, read_json,  # noqa: E402
+                                    read_trials, train_from_metrics, write_baseline,
                                     write_sweep, write_trial)
 from harness.pretrain.run_log import read_divergence, read_metrics  # noqa: E402
 from harness.sweep.config import SCHEDULER_METRICS, SweepConfig, load_sweep  # noqa: E402
 from harness.sweep.progress import SweepProgress  # noqa: E402
-from harness.storage import download, exists, join, upload  # noqa: E402
+from harness.storage import download, download_records, exists, join, upload  # noqa: E402
 
 __all__ = ["run_sweep", "sweep_command", "run_trial", "SLOT", "FINISHED"]
 
 SLOT = "harness_trial_slot"
+_TRIAL_MEMORY = 2**20  # bytes: a token, so that a trial's request on a cluster is not empty
 FINISHED = ("ok", "failed", "stopped")
 
 
@@ -73,17 +74,18 @@ def run_trial(config: dict) -> None:
     cfg = PretrainConfig.from_dict(spec["config"])
     record = {"trial_id": spec["trial_id"], "params": spec["params"], "status": "running",
               "error": None, "train": {}, "evals": {}}
-    write_trial(run_dir, record)
+    _write_trial(run_dir, spec["storage_uri"], record)
     record_launch(cfg, spec["address"])
+    run = cfg.run.run_location  # the trial's training run: a folder, or in the sweep's URI
 
     timing = {"started_unix": time.time()}
 
     def finish(status: str, error: str | None = None, evals: dict | None = None) -> None:
-        metrics = read_metrics(cfg.run.run_dir)
+        metrics = read_metrics(run)
         timing["wall_s"] = time.perf_counter() - start
         record.update(status=status, error=error, evals=evals or {},
                       train=train_from_metrics(metrics) if metrics else {}, timing=timing)
-        write_trial(run_dir, record)
+        _write_trial(run_dir, spec["storage_uri"], record)
 
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -94,12 +96,12 @@ def run_trial(config: dict) -> None:
         return finish("failed", _reason(err))
     finally:
         timing["fit_s"] = time.perf_counter() - start
-    diverged = read_divergence(cfg.run.run_dir)
+    diverged = read_divergence(run)
     if diverged:
         return finish("failed", diverged)
     eval_start = time.perf_counter()
     try:
-        records = evaluate_in_ray(cfg.run.run_dir, spec["protocols"], cfg.data.dir,
+        records = evaluate_in_ray(run, spec["protocols"], cfg.data.dir,
                                   transfer_dirs=spec["transfer"],
                                   settings=EvalSettings.from_dict(spec["eval_settings"]),
                                   workers=cfg.workers)
@@ -107,6 +109,14 @@ def run_trial(config: dict) -> None:
         return finish("failed", f"evaluation: {_reason(err)}")
     timing["eval_s"] = time.perf_counter() - eval_start
     finish("ok", evals={r["name"]: r for r in records})
+
+
+def _write_trial(run_dir: Path, storage_uri: str | None, record: dict) -> None:
+    """trial.json in this node's copy of the sweep, and in its URI where it has one (the trial
+    may run on any node; the driver reads it from there)."""
+    write_trial(run_dir, record)
+    if storage_uri:
+        upload(run_dir, storage_uri, f"trials/{record['trial_id']}/trial.json")
 
 
 class _Recorder(tune.Callback):
@@ -117,17 +127,19 @@ class _Recorder(tune.Callback):
 
     def _close(self, trial, status: str, error: str | None) -> None:
         spec = trial.config["trial"]
-        path = trial_dir(self.run_dir, spec["trial_id"]) / "trial.json"
+        part = f"trials/{spec['trial_id']}/trial.json"
+        if self.storage_uri:  # the trial wrote its record on its own node, and to the URI
+            download(self.storage_uri, self.run_dir, part)
+        path = self.run_dir / part
         record = read_json(path) if path.is_file() else {"trial_id": spec["trial_id"],
                                                           "params": spec["params"]}
         if record.get("status") not in FINISHED:
-            metrics = read_metrics(trial_dir(self.run_dir, spec["trial_id"]) / "pretrain")
+            run = PretrainConfig.from_dict(spec["config"]).run.run_location
+            metrics = read_metrics(run)
             record.update(status=status, error=error, evals={},
                           train=train_from_metrics(metrics) if metrics else {})
-            write_trial(self.run_dir, record)
+            _write_trial(self.run_dir, self.storage_uri, record)
         self.progress.finish(spec["trial_id"], record["status"], record.get("error"))
-        if self.storage_uri:
-            upload(self.run_dir, self.storage_uri, f"trials/{spec['trial_id']}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         # Returned normally without a final record: the scheduler stopped it.
@@ -168,7 +180,8 @@ def _local_concurrency(sweep: SweepConfig) -> int:
 
 def _trial_specs(sweep: SweepConfig, todo: list, address: str | None) -> list[dict]:
     return [{"trial_id": t.trial_id, "params": t.params, "config": t.config.to_dict(),
-             "run_dir": str(sweep.run_dir), "protocols": list(sweep.protocols),
+             "run_dir": str(sweep.run_dir), "storage_uri": sweep.storage_uri,
+             "protocols": list(sweep.protocols),
              "transfer": list(sweep.transfer), "address": address,
              "eval_settings": dataclasses.asdict(sweep.eval_settings)}
             for t in todo]
@@ -177,11 +190,15 @@ def _trial_specs(sweep: SweepConfig, todo: list, address: str | None) -> list[di
 def _tuner(sweep: SweepConfig, specs: list[dict], local: bool, concurrency: int,
            verbose: bool = False) -> tune.Tuner:
     # Trials that continue from a checkpoint: the epochs their metrics.jsonl already has.
+    runs = {t.trial_id: t.config.run.run_location for t in sweep.trials}
     resumed = {s["trial_id"]: metrics[-1]["epoch"] for s in specs
-               if (metrics := read_metrics(pretrain_dir(sweep.run_dir, s["trial_id"])))}
+               if (metrics := read_metrics(runs[s["trial_id"]]))}
     progress = SweepProgress({s["trial_id"]: (s["params"], s["config"]["epochs"]) for s in specs},
                              concurrency, resumed=resumed, redraw=not verbose)
-    resources = {"CPU": 0, **({SLOT: 1} if local else {})}
+    # The trial's own process only waits on Train and Tune: no CPU. Ray refuses an empty
+    # request, so on a cluster it asks for a token of memory instead (any node has it); on a
+    # local instance for one of its trial slots (max_concurrent_trials).
+    resources = {"CPU": 0, **({SLOT: 1} if local else {"memory": _TRIAL_MEMORY})}
     scheduler = metric = mode = None
     if sweep.scheduler:
         from ray.tune.schedulers import ASHAScheduler
@@ -210,7 +227,12 @@ def _tuner(sweep: SweepConfig, specs: list[dict], local: bool, concurrency: int,
                                                        progress),
                                              JsonLoggerCallback(),
                                              CSVLoggerCallback()], verbose=0,
-                                  failure_config=tune.FailureConfig(max_failures=0)),
+                                  # A trial whose own process died (its node lost)
+                                  # starts again and resumes from its checkpoints; a trial
+                                  # that failed for a reason returns its record instead.
+                                  failure_config=tune.FailureConfig(
+                                      max_failures=max(t.config.run.max_failures
+                                                       for t in sweep.trials))),
     )
 
 
@@ -233,7 +255,7 @@ def _baseline(sweep: SweepConfig, local: bool) -> None:
             if local and not workers.use_gpu:
                 cpus = max(1, min(usable_cpus(), int(ray.cluster_resources().get("CPU", 1))))
                 workers = dataclasses.replace(workers, num_workers=1, cpus_per_worker=cpus)
-            records = evaluate_in_ray(cfg.run.run_dir, sweep.protocols, cfg.data.dir,
+            records = evaluate_in_ray(cfg.run.run_location, sweep.protocols, cfg.data.dir,
                                       transfer_dirs=sweep.transfer, settings=sweep.eval_settings,
                                       workers=workers, init="random")
             for record in records:
@@ -274,7 +296,7 @@ def run_sweep(sweep: SweepConfig, *, address: str | None = None, resume: bool = 
     selected = _selected(sweep, only)
     if sweep.storage_uri and not (sweep.run_dir / "sweep.json").is_file() and \
             exists(join(sweep.storage_uri, "sweep.json")):
-        download(sweep.storage_uri, sweep.run_dir)
+        download_records(sweep.storage_uri, sweep.run_dir)  # checkpoints stay in the URI
         print(f"harness sweep: resuming from {sweep.storage_uri}", flush=True)
     done = {k: v for k, v in _check_existing(sweep, resume).items() if v in FINISHED}
     todo = [t for t in sweep.trials if t.trial_id not in done and t.trial_id in selected]
@@ -307,7 +329,7 @@ def run_sweep(sweep: SweepConfig, *, address: str | None = None, resume: bool = 
                           cpus_per_trial=w.num_workers * w.cpus_per_worker,
                           data_dirs=sorted({t.config.data.dir for t in sweep.trials}
                                            | set(sweep.transfer)),
-                          storage_path=str(sweep.run_dir))
+                          storage_path=sweep.storage_uri or str(sweep.run_dir))
         if todo:
             _tuner(sweep, _trial_specs(sweep, todo, address), local, concurrency,
                    verbose).fit()
@@ -329,6 +351,8 @@ def sweep_command(args: argparse.Namespace) -> int:
         print(f"\nharness sweep: interrupted; run the same command again to resume "
               f"({sweep.run_dir})")
         return 130
+    if sweep.storage_uri:  # the trials' training records, written from their nodes
+        download_records(sweep.storage_uri, sweep.run_dir)
     report = load_report(sweep.run_dir)
     write_report(report, report_dir(sweep.run_dir))
     if sweep.storage_uri:

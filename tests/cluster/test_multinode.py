@@ -11,15 +11,20 @@ processes, the S3 protocol, the SIGKILL of a node's raylet.
 
 - Placement does not change the math: 2 workers on 2 nodes (STRICT_SPREAD) take the same
   per-step losses as 2 workers on one node (a local instance), same seed and data.
-- Node loss: the node holding rank 0 vanishes mid-run (its raylet and the processes it started
-  SIGKILLed); a replacement node joins; Ray Train restarts the worker group, which resumes from the newest checkpoint in S3
-  (the new rank 0's node has never seen the run) and ends with each epoch once.
+- `harness export` and `harness eval` read that run from its URI.
+- Node loss in pretraining: the node holding rank 0 vanishes mid-epoch (its raylet and the
+  processes it started SIGKILLed); a replacement node joins; Ray Train restarts the worker
+  group, which resumes from the newest checkpoint in S3 (the new rank 0's node has never seen
+  the run) and ends with each epoch once.
+- Node loss in a sweep stored in S3: the same loss in a trial's training; that trial resumes,
+  every trial is evaluated once, the report lists each once.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -202,6 +207,33 @@ def test_export_and_eval_read_the_run_from_s3(spread_run, cifar_prepared, tmp_pa
     assert 0 <= record["metrics"][f"val/{record['primary']}"] <= 1
 
 
+def _lose_rank0_node(cluster: _Cluster, cmd: list[str], run: str, name: str, tmp_path: Path,
+                     *, fast_machine_s: float):
+    """Start `cmd`; once run `run` has checkpointed epoch 1 in S3 (Ray Train has registered
+    it: its checkpoint manager's snapshot is written then) and epoch 2 is under way, the node
+    holding its rank 0 (the one whose folder holds the run's working copy) vanishes and a
+    replacement with an empty folder joins, as the autoscaler's would. Returns the output,
+    exit code, the lost node, when it was lost and the pids killed."""
+    from harness.pretrain.run_log import read_metrics
+    from harness.storage import exists, join
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True,
+                            env={**os.environ, "BT_STORAGE_CACHE": str(tmp_path / "driver")})
+    try:
+        _wait_for("epoch 1's checkpoint in S3",
+                  lambda: len(read_metrics(run)) == 1 and exists(join(run, RAY_SNAPSHOT)),
+                  guard(fast_machine_s), proc)
+        (rank0,) = _folders_with_run(cluster, name)
+        killed_at = time.time()
+        killed = cluster.reclaim(rank0)
+        cluster.add(f"{rank0}-replacement")
+        out, _ = proc.communicate(timeout=guard(2 * fast_machine_s))
+    finally:
+        kill_tree(proc)
+    return out, proc.returncode, rank0, killed_at, killed
+
+
 def _wait_for(what, predicate, timeout: float, proc: subprocess.Popen):
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -212,34 +244,22 @@ def _wait_for(what, predicate, timeout: float, proc: subprocess.Popen):
 
 def test_node_loss_resumes_from_s3_with_each_epoch_once(cluster, s3, cifar_prepared, tmp_path):
     from harness.pretrain.run_log import read_metrics
-    from harness.storage import exists, join, read_text
+    from harness.storage import join, read_text
 
     uri = s3_uri(s3, "runs")
     run = join(uri, "lost")
     cmd = _args(cifar_prepared, uri, "lost", "epochs=3", "workers.placement=STRICT_SPREAD") + \
         ["--address", cluster.cluster.address]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True,
-                            env={**os.environ, "BT_STORAGE_CACHE": str(tmp_path / "driver")})
-    try:
-        # Epoch 1's record and checkpoint in S3, the checkpoint registered by Ray Train (its
-        # checkpoint manager's snapshot is written then): epoch 2 is under way.
-        _wait_for("epoch 1's checkpoint in S3",
-                  lambda: len(read_metrics(run)) == 1 and exists(join(run, RAY_SNAPSHOT)),
-                  guard(60), proc)
-        # The node whose folder holds the run's working copy holds rank 0.
-        (rank0,) = _folders_with_run(cluster, "lost")
-        killed = cluster.reclaim(rank0)
-        cluster.add("node-c")  # the autoscaler's replacement, with an empty folder
-        out, _ = proc.communicate(timeout=guard(120))
-    finally:
-        kill_tree(proc)
-    assert proc.returncode == 0, out[-4000:]
+    out, rc, rank0, killed_at, killed = _lose_rank0_node(cluster, cmd, run, "lost", tmp_path,
+                                                         fast_machine_s=60)
+    assert rc == 0, out[-4000:]
     assert len(killed) >= 2  # the raylet and at least the Train worker it ran
     assert "resuming lost at epoch 1, step 5" in out, out[-4000:]
     metrics = read_metrics(run)
     assert [(m["epoch"], m["step"]) for m in metrics] == \
         [(e, e * STEPS_PER_EPOCH) for e in (1, 2, 3)]
+    # Epoch 1's record is the first attempt's (kept, not trained again), the rest came after.
+    assert metrics[0]["time"] < killed_at < metrics[1]["time"]
     # The new rank 0 worked on a node that had never seen the run (the replacement, or the
     # survivor, which held rank 1): it fetched epoch 1's record from S3 and went on from it.
     (new_rank0,) = _folders_with_run(cluster, "lost") - {rank0}
@@ -258,3 +278,50 @@ def _folders_with_run(cluster: _Cluster, name: str) -> set[str]:
     """The nodes whose working folder holds a copy of run `name` (rank 0 worked there)."""
     return {p.parts[len(cluster.root.parts)]
             for p in cluster.root.glob(f"*/runs/{name}-*/metrics.jsonl")}
+
+
+def test_sweep_in_s3_survives_the_loss_of_a_training_node(cluster, s3, cifar_prepared,
+                                                          tmp_path):
+    """A sweep stored in S3, two trials one after the other, each trial's two workers on the
+    two worker nodes. The node holding t0000's rank 0 vanishes in its epoch 2 and a
+    replacement joins: t0000 resumes from its checkpoint in S3, each trial ends with one
+    evaluation record, t0001 runs untouched, and the report lists each trial once."""
+    import yaml
+
+    from harness.pretrain.run_log import read_metrics
+    from harness.storage import join, read_text
+
+    uri = s3_uri(s3, "runs", "sweeps")
+    path = tmp_path / "nodes.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "nodes", "experiment": str(EXPERIMENTS / "cifar10_cpu.yaml"),
+        "storage_path": uri,
+        "set": {"data.dir": str(cifar_prepared), "data.subset": None, "data.resolution": 16,
+                "batch_size": 64, "epochs": 2, "warmup_epochs": 1,
+                "model.projector": "128-128", "workers.num_workers": 2,
+                "workers.placement": "STRICT_SPREAD", "run.checkpoint_every": 1,
+                "run.max_failures": 2, "probe.enabled": False},
+        "search": {"mode": "grid", "space": {"loss.lambd": [0.005, 0.01]}, "seeds": [0]},
+        "evaluate": {"protocols": ["knn"], "baseline": False,
+                     "settings": {"loader_workers": 1, "test_images": 50, "val_images": 50}},
+        "resources": {"max_concurrent_trials": 1}, "metric": "knn/val/k200_top1"}))
+    sweep = join(uri, "nodes")
+    first = join(sweep, "trials", "t0000", "pretrain")
+    out, rc, _, killed_at, _ = _lose_rank0_node(
+        cluster, [str(HARNESS), "sweep", str(path), "--address", cluster.cluster.address],
+        first, "pretrain", tmp_path, fast_machine_s=90)
+    assert rc == 0, out[-5000:]
+    for trial in ("t0000", "t0001"):
+        record = json.loads(read_text(join(sweep, "trials", trial, "trial.json")))
+        assert record["status"] == "ok" and set(record["evals"]) == {"knn"}, record
+        run = join(sweep, "trials", trial, "pretrain")
+        metrics = read_metrics(run)
+        assert [m["epoch"] for m in metrics] == [1, 2]
+        # One launch: Ray Train replaced the lost workers inside the trial, Tune did not
+        # start the trial again.
+        assert len(read_text(join(run, "launches.jsonl")).splitlines()) == 1
+        if trial == "t0000":  # epoch 1 from before the loss, kept; epoch 2 trained after it
+            assert metrics[0]["time"] < killed_at < metrics[1]["time"]
+    table = read_text(join(sweep, "report", "results.md"))
+    for trial in ("t0000", "t0001"):  # one row each in the trials table (★: the best)
+        assert len(re.findall(rf"^\| {trial}( ★)? \| ok \|", table, re.M)) == 1, table
