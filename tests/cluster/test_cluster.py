@@ -188,6 +188,7 @@ def test_local_provider_cluster_up_exec_job_down(sandbox, tmp_path, cifar_small_
 
 
 MOTO_PORT = 5000
+TEST_BUCKET = "bt-test"
 AWS_ENV = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{MOTO_PORT}", "AWS_ACCESS_KEY_ID": "testing",
            "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-west-2",
            "AWS_EC2_METADATA_DISABLED": "true"}
@@ -198,11 +199,12 @@ def _moto_copy(tmp_path: Path, sshd: Sshd) -> Path:
 
     - auth: root with the test's key (imported into moto as `barlow-test`), and SSH to any
       instance address routed to the sandbox's sshd by a proxy command;
-    - the apt line goes: it would install packages from the internet onto this machine. The
-      bucket line stays but is skipped: /mnt/results is already a mount point in the sandbox
-      (a local folder holding a prepared data set, standing in for the bucket).
+    - the apt line goes: it would install packages from the internet onto this machine;
+    - the bucket is `bt-test` on moto's S3 (as `harness cluster init` fills it in), which the
+      nodes reach through AWS_ENDPOINT_URL in their environment.
     """
-    config = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    config = yaml.safe_load((REPO / "cluster.yaml").read_text().replace("YOUR-BUCKET",
+                                                                       TEST_BUCKET))
     config["cluster_name"] = f"{config['cluster_name']}-{RUN_TAG}"  # its own ssh control path
     config["auth"] = {"ssh_user": "root", "ssh_private_key": str(sshd.key),
                       "ssh_proxy_command": "bash -c 'exec 3<>/dev/tcp/127.0.0.1/22; "
@@ -224,6 +226,17 @@ def _aws(sandbox: Sandbox, call: str, script: str = "") -> list:
     return json.loads(out.splitlines()[-1])
 
 
+UPLOAD_DATA = """
+from pathlib import Path
+s3 = boto3.client("s3")
+s3.create_bucket(Bucket="{bucket}",
+                 CreateBucketConfiguration={{"LocationConstraint": "us-west-2"}})
+root = Path("{folder}")
+for path in sorted(p for p in root.rglob("*") if p.is_file()):
+    s3.upload_file(str(path), "{bucket}", "{prefix}/" + path.relative_to(root).as_posix())
+"""
+
+
 # The account as Ray's first `ray up` in it leaves it: Ray's default head role (EC2 and S3 full
 # access) in its default instance profile. Creating them from nothing is Ray's code, not ours,
 # and costs two fixed 15 s sleeps there (IAM propagation).
@@ -242,14 +255,16 @@ iam.add_role_to_instance_profile(InstanceProfileName=profile, RoleName=role)
 
 def test_aws_cluster_file_launches_against_moto(sandbox, tmp_path, cifar_small_prepared):
     sandbox.env.update(AWS_ENV)
-    bucket = tmp_path / "bucket"
-    shutil.copytree(cifar_small_prepared, bucket / "data" / cifar_small_prepared.name)
-    sandbox.bind(bucket, "/mnt/results")
     moto_env = tmp_path / "moto.log"
     sandbox.env["MOTO_IAM_LOAD_MANAGED_POLICIES"] = "true"
     sandbox.start([str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(MOTO_PORT)],
                   moto_env)
     sandbox.wait_port(MOTO_PORT)
+    # The prepared data set in the bucket, where the nodes' `harness stage` looks for it.
+    _aws(sandbox, "sorted(k['Key'] for k in boto3.client('s3').list_objects_v2(Bucket="
+                  f"'{TEST_BUCKET}')['Contents'])", UPLOAD_DATA.format(
+                      bucket=TEST_BUCKET, folder=cifar_small_prepared,
+                      prefix=f"barlow-harness/data/{cifar_small_prepared.name}"))
     sshd = Sshd(sandbox, tmp_path / "sshd", {**_session_env(sandbox), **AWS_ENV})
     _aws(sandbox, "ec2.import_key_pair(KeyName='barlow-test', PublicKeyMaterial="
                   f"open('{sshd.key}.pub').read())['KeyName']")

@@ -62,7 +62,7 @@ def test_writes_a_file_ray_up_takes_as_it_is(aws, tmp_path, capsys):
     images = {n["node_config"]["ImageId"] for n in config["available_node_types"].values()}
     assert images == {"ami-0bbbbbbbbbbbbbbb2"}
     assert "YOUR-BUCKET" not in text and "ami-0123456789abcdef0" not in text
-    assert "bt-results:/barlow-harness /mnt/results" in text
+    assert "harness stage s3://bt-results/barlow-harness/data" in text
     # Everything else is cluster.yaml as it is, comments included.
     template = (REPO / "cluster.yaml").read_text().splitlines()
     kept = set(text.splitlines())

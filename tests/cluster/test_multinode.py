@@ -16,8 +16,8 @@ processes, the S3 protocol, the SIGKILL of a node's raylet.
   processes it started SIGKILLed); a replacement node joins; Ray Train restarts the worker
   group, which resumes from the newest checkpoint in S3 (the new rank 0's node has never seen
   the run) and ends with each epoch once.
-- Node loss in a sweep stored in S3: the same loss in a trial's training; that trial resumes,
-  every trial is evaluated once, the report lists each once.
+- Node loss in a sweep stored in S3: the same loss in one trial's training (Ray Train
+  resumes it); every trial is evaluated once and reported once.
 """
 
 from __future__ import annotations
@@ -78,7 +78,10 @@ class _Cluster:
 
     def add(self, name: str):
         """A worker node with one CPU and a folder of its own."""
-        node = self.cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1",
+        # Less memory than a sweep trial's own process asks for (harness.sweep.run): trial
+        # processes stay on the head, as on cluster.yaml's on-demand head; the spot workers
+        # hold only the training workers.
+        node = self.cluster.add_node(num_cpus=1, memory=2**19, node_ip_address="127.0.0.1",
                                      env_vars={"BT_STORAGE_CACHE": str(self.root / name)})
         self.workers[name] = node
         return node
@@ -207,31 +210,40 @@ def test_export_and_eval_read_the_run_from_s3(spread_run, cifar_prepared, tmp_pa
     assert 0 <= record["metrics"][f"val/{record['primary']}"] <= 1
 
 
-def _lose_rank0_node(cluster: _Cluster, cmd: list[str], run: str, name: str, tmp_path: Path,
-                     *, fast_machine_s: float):
-    """Start `cmd`; once run `run` has checkpointed epoch 1 in S3 (Ray Train has registered
-    it: its checkpoint manager's snapshot is written then) and epoch 2 is under way, the node
-    holding its rank 0 (the one whose folder holds the run's working copy) vanishes and a
+def _run_with_losses(cluster: _Cluster, cmd: list[str], losses, tmp_path: Path, *,
+                     fast_machine_s: float):
+    """Run `cmd`, and for each (run URI, node picker) of `losses` in turn: once that run has
+    checkpointed epoch 1 in S3 (Ray Train has registered it: its checkpoint manager's snapshot
+    is written then) and epoch 2 is under way, the node the picker names vanishes and a
     replacement with an empty folder joins, as the autoscaler's would. Returns the output,
-    exit code, the lost node, when it was lost and the pids killed."""
+    the exit code and, per loss, (the node, when it was lost, the pids killed)."""
     from harness.pretrain.run_log import read_metrics
     from harness.storage import exists, join
 
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True,
                             env={**os.environ, "BT_STORAGE_CACHE": str(tmp_path / "driver")})
+    lost = []
     try:
-        _wait_for("epoch 1's checkpoint in S3",
-                  lambda: len(read_metrics(run)) == 1 and exists(join(run, RAY_SNAPSHOT)),
-                  guard(fast_machine_s), proc)
-        (rank0,) = _folders_with_run(cluster, name)
-        killed_at = time.time()
-        killed = cluster.reclaim(rank0)
-        cluster.add(f"{rank0}-replacement")
+        for run, pick in losses:
+            _wait_for(f"epoch 1's checkpoint of {run} in S3",
+                      lambda: len(read_metrics(run)) == 1 and exists(join(run, RAY_SNAPSHOT)),
+                      guard(fast_machine_s), proc)
+            node = pick()
+            lost.append((node, time.time(), cluster.reclaim(node)))
+            cluster.add(f"{node}-replacement")
         out, _ = proc.communicate(timeout=guard(2 * fast_machine_s))
     finally:
         kill_tree(proc)
-    return out, proc.returncode, rank0, killed_at, killed
+    return out, proc.returncode, lost
+
+
+def _rank0_node(cluster: _Cluster, name: str):
+    """A picker: the node whose working folder holds a copy of run `name` (rank 0 is there)."""
+    def pick() -> str:
+        (node,) = _folders_with_run(cluster, name)
+        return node
+    return pick
 
 
 def _wait_for(what, predicate, timeout: float, proc: subprocess.Popen):
@@ -250,8 +262,8 @@ def test_node_loss_resumes_from_s3_with_each_epoch_once(cluster, s3, cifar_prepa
     run = join(uri, "lost")
     cmd = _args(cifar_prepared, uri, "lost", "epochs=3", "workers.placement=STRICT_SPREAD") + \
         ["--address", cluster.cluster.address]
-    out, rc, rank0, killed_at, killed = _lose_rank0_node(cluster, cmd, run, "lost", tmp_path,
-                                                         fast_machine_s=60)
+    out, rc, [(rank0, killed_at, killed)] = _run_with_losses(
+        cluster, cmd, [(run, _rank0_node(cluster, "lost"))], tmp_path, fast_machine_s=60)
     assert rc == 0, out[-4000:]
     assert len(killed) >= 2  # the raylet and at least the Train worker it ran
     assert "resuming lost at epoch 1, step 5" in out, out[-4000:]
@@ -283,9 +295,10 @@ def _folders_with_run(cluster: _Cluster, name: str) -> set[str]:
 def test_sweep_in_s3_survives_the_loss_of_a_training_node(cluster, s3, cifar_prepared,
                                                           tmp_path):
     """A sweep stored in S3, two trials one after the other, each trial's two workers on the
-    two worker nodes. The node holding t0000's rank 0 vanishes in its epoch 2 and a
-    replacement joins: t0000 resumes from its checkpoint in S3, each trial ends with one
-    evaluation record, t0001 runs untouched, and the report lists each trial once."""
+    two worker nodes, the trials' own processes on the head. The node holding t0000's rank 0
+    vanishes in its epoch 2 and a replacement joins: t0000 resumes from its checkpoint in S3
+    inside Ray Train, each trial ends with one evaluation record, t0001 runs untouched, and
+    the report lists each trial once."""
     import yaml
 
     from harness.pretrain.run_log import read_metrics
@@ -306,22 +319,21 @@ def test_sweep_in_s3_survives_the_loss_of_a_training_node(cluster, s3, cifar_pre
                      "settings": {"loader_workers": 1, "test_images": 50, "val_images": 50}},
         "resources": {"max_concurrent_trials": 1}, "metric": "knn/val/k200_top1"}))
     sweep = join(uri, "nodes")
-    first = join(sweep, "trials", "t0000", "pretrain")
-    out, rc, _, killed_at, _ = _lose_rank0_node(
+    runs = {t: join(sweep, "trials", t, "pretrain") for t in ("t0000", "t0001")}
+    out, rc, [(_, killed_at, _)] = _run_with_losses(
         cluster, [str(HARNESS), "sweep", str(path), "--address", cluster.cluster.address],
-        first, "pretrain", tmp_path, fast_machine_s=90)
+        [(runs["t0000"], _rank0_node(cluster, "pretrain"))], tmp_path, fast_machine_s=90)
     assert rc == 0, out[-5000:]
-    for trial in ("t0000", "t0001"):
+    for trial, run in runs.items():
         record = json.loads(read_text(join(sweep, "trials", trial, "trial.json")))
         assert record["status"] == "ok" and set(record["evals"]) == {"knn"}, record
-        run = join(sweep, "trials", trial, "pretrain")
         metrics = read_metrics(run)
         assert [m["epoch"] for m in metrics] == [1, 2]
-        # One launch: Ray Train replaced the lost workers inside the trial, Tune did not
-        # start the trial again.
+        # One launch each: Ray Train replaced t0000's lost workers inside the trial.
         assert len(read_text(join(run, "launches.jsonl")).splitlines()) == 1
-        if trial == "t0000":  # epoch 1 from before the loss, kept; epoch 2 trained after it
-            assert metrics[0]["time"] < killed_at < metrics[1]["time"]
+    # t0000's epoch 1 from before the loss, kept; its epoch 2 trained after it.
+    first = read_metrics(runs["t0000"])
+    assert first[0]["time"] < killed_at < first[1]["time"]
     table = read_text(join(sweep, "report", "results.md"))
     for trial in ("t0000", "t0001"):  # one row each in the trials table (★: the best)
         assert len(re.findall(rf"^\| {trial}( ★)? \| ok \|", table, re.M)) == 1, table
