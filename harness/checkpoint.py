@@ -25,6 +25,7 @@ from harness import storage
 from harness.model import BarlowTwins, backbone_state_dict
 
 __all__ = ["STATE_FILE", "checkpoint_dir_name", "save_state", "load_state", "latest_checkpoint",
+           "checkpoint_part",
            "write_export", "export_checkpoint", "export_command"]
 
 STATE_FILE = "state.pt"
@@ -70,6 +71,20 @@ def latest_checkpoint(run: Path | str) -> Path | str | None:
     return found[-1] if found else None
 
 
+def checkpoint_part(uri: str) -> str:
+    """What of a URI to fetch for one checkpoint: the URI itself where it is a checkpoint or
+    export folder or a state.pt, else the newest checkpoint of the run it names (never the
+    whole run)."""
+    if storage.basename(uri).endswith(".pt") or any(
+            storage.exists(storage.join(uri, name)) for name in ("export.json", STATE_FILE)):
+        return uri
+    newest = latest_checkpoint(uri)
+    if newest is None:
+        raise FileNotFoundError(f"{uri} holds no checkpoint ({_PREFIX}*/{STATE_FILE}) and no "
+                                "export (backbone.pt + export.json)")
+    return str(newest)
+
+
 def write_export(model: nn.Module, config: dict, out: Path | str, *, step: int, epoch: int,
                  source: str | None = None) -> Path:
     """backbone.pt, projector.pt and export.json in `out`; returns `out`."""
@@ -100,13 +115,7 @@ def export_checkpoint(checkpoint: Path | str, out: Path | str) -> Path:
     """`harness export`: a checkpoint folder, its state.pt, or a run folder (its newest); each
     a local path or a URI (harness.storage)."""
     if storage.is_uri(checkpoint):
-        if not storage.exists(storage.join(str(checkpoint), STATE_FILE)) and \
-                not str(checkpoint).partition("?")[0].endswith(".pt"):
-            newest = latest_checkpoint(checkpoint)
-            if newest is None:
-                raise FileNotFoundError(f"{checkpoint} holds no checkpoint "
-                                        f"({_PREFIX}*/{STATE_FILE})")
-            checkpoint = newest
+        checkpoint = checkpoint_part(str(checkpoint))
         with storage.local_copy(checkpoint) as local:
             exported = export_checkpoint(local, out)
         info = json.loads((exported / "export.json").read_text())

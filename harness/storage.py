@@ -25,7 +25,8 @@ from pathlib import Path
 
 from harness.config.schema import ConfigError
 
-__all__ = ["is_uri", "join", "filesystem", "local_root", "local_cache", "check_uri", "exists",
+__all__ = ["is_uri", "join", "basename", "filesystem", "local_root", "local_cache", "check_uri",
+           "exists",
            "read_text", "write_text", "read_bytes", "list_dirs", "download", "upload", "delete",
            "append_line", "local_copy", "download_records"]
 
@@ -41,6 +42,11 @@ def join(uri: str, *parts: str) -> str:
     base, sep, query = str(uri).partition("?")
     path = "/".join([base.rstrip("/"), *(p.strip("/") for p in parts if p)])
     return path + sep + query
+
+
+def basename(uri: str) -> str:
+    """The last part of a URI's path: 'ckpt' of s3://b/run/ckpt?endpoint_override=..."""
+    return str(uri).partition("?")[0].rstrip("/").rsplit("/", 1)[-1]
 
 
 def _cache_root() -> Path:
@@ -218,7 +224,8 @@ def local_copy(location: str | Path) -> Iterator[Path]:
         yield Path(location)
         return
     base, sep, query = str(location).partition("?")
-    parent, _, name = base.rstrip("/").rpartition("/")
+    name = basename(location)
+    parent = base.rstrip("/")[:-len(name)].rstrip("/")
     with tempfile.TemporaryDirectory(prefix="harness-") as tmp:
         if not download(parent + sep + query, Path(tmp), name):
             raise FileNotFoundError(f"{location} does not exist")

@@ -3,9 +3,10 @@
 `load_backbone(source)` accepts a checkpoint folder (`checkpoint_epochNNNNNN/`), its
 `state.pt`, a run folder (its newest checkpoint) or an export folder (`backbone.pt` +
 `export.json`), on local disk or at a URI (s3://...). Every path builds the architecture the
-checkpoint says it was trained with and loads the weights strictly: weights of another architecture are an error, not a partial
-load. `random_backbone(like, seed)` is the reference every report carries: the same
-architecture with its initial weights, as pretraining starts from them.
+checkpoint says it was trained with and loads the weights strictly: weights of another
+architecture are an error, not a partial load. `random_backbone(like, seed)` is the reference
+every report carries: the same architecture with its initial weights, as pretraining starts
+from them.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 from torch import nn
 
 from harness import storage
-from harness.checkpoint import STATE_FILE, latest_checkpoint, load_state
+from harness.checkpoint import STATE_FILE, checkpoint_part, latest_checkpoint, load_state
 from harness.model import ARCHS, BarlowTwins, build_backbone
 
 __all__ = ["Backbone", "load_backbone", "random_backbone"]
@@ -82,24 +83,11 @@ def _from_export(folder: Path) -> Backbone:
                     "pretrained", str(folder), info.get("epoch"), info.get("step"), config)
 
 
-def _remote_part(uri: str) -> str:
-    """What of a URI to fetch: an export or checkpoint folder, a state.pt, or a run's newest
-    checkpoint (never the whole run)."""
-    if uri.partition("?")[0].endswith(".pt") or any(
-            storage.exists(storage.join(uri, name)) for name in ("export.json", STATE_FILE)):
-        return uri
-    newest = latest_checkpoint(uri)
-    if newest is None:
-        raise FileNotFoundError(f"{uri} holds no checkpoint (checkpoint_epoch*/{STATE_FILE}) "
-                                "and no export (backbone.pt + export.json)")
-    return str(newest)
-
-
 def load_backbone(source: Path | str, *, expect_arch: str | None = None) -> Backbone:
     """The pretrained backbone at `source` (see the module docstring), a local path or a URI
     (harness.storage: only the part it needs is fetched); CPU, eval mode."""
     if storage.is_uri(source):
-        part = _remote_part(str(source))
+        part = checkpoint_part(str(source))
         with storage.local_copy(part) as local:
             backbone = load_backbone(local, expect_arch=expect_arch)
         backbone.source = part

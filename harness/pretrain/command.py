@@ -40,8 +40,8 @@ def pretrain_command(args: argparse.Namespace) -> int:
             return 1
         m = result.metrics or {}
         location = cfg.run.run_location
-        if cfg.run.remote:  # this machine's copy of the record, for TensorBoard and --eval
-            for part in ("metrics.jsonl", "tensorboard", "export"):
+        if cfg.run.remote:  # this machine's copy of the record, for TensorBoard (--eval reads S3)
+            for part in ("metrics.jsonl", "tensorboard"):
                 storage.download(location, cfg.run.run_dir, part)
         checkpoint = Path(result.checkpoint.path).name if result.checkpoint else None
         print(f"harness pretrain: done at epoch {m.get('epoch')}, step {m.get('step')}; "

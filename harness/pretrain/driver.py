@@ -45,8 +45,8 @@ def check_resume(cfg: PretrainConfig) -> Path | str | None:
             raise ConfigError(
                 f"model.{key}: run '{cfg.run.name}' in {cfg.run.storage_path} was trained with "
                 f"model.{key}={value!r}, not {getattr(cfg.model, key)!r}; it would resume from "
-                f"{str(newest).partition('?')[0].rstrip('/').rsplit('/', 1)[-1]}. Use another "
-                "--name, or the run's own model settings")
+                f"{storage.basename(str(newest))}. Use another --name, or the run's own model "
+                "settings")
     return newest
 
 

@@ -226,8 +226,7 @@ def report_command(args: argparse.Namespace) -> int:
     if uri:
         # The sweep's records (not its checkpoints) into this machine's copy; the report is
         # written there and, unless --out, into the URI beside them.
-        name = uri.partition("?")[0].rstrip("/").rsplit("/", 1)[-1]
-        run_dir = storage.local_cache("sweeps", uri, name)
+        run_dir = storage.local_root() / storage.basename(uri)  # where `harness sweep` works
         if not storage.download_records(uri, run_dir):
             raise FileNotFoundError(f"{uri}: nothing there (give the URI `harness sweep "
                                     "--storage` wrote to, with the sweep's name at its end)")
