@@ -538,6 +538,11 @@ def load_sweep(path: Path | str, *, name: str | None = None, storage_path: str |
             and not all(t.config.probe.enabled for t in trials)):
         raise ConfigError("scheduler.metric: probe/val_top1 needs probe.enabled: true in every "
                           "trial")
+    if scheduler and scheduler["grace_period"] >= (last := max(t.config.epochs for t in trials)):
+        raise ConfigError(f"scheduler.grace_period: {scheduler['grace_period']} is not below the "
+                          f"trials' {last} epochs: ASHA stops a trial only after its grace period "
+                          "and before its last epoch, so it would never stop one; lower "
+                          "grace_period, raise epochs, or drop the scheduler section")
     reference = _check_reference(spec.reference, space, trials, experiment, fixed)
     return SweepConfig(path, name, experiment, run_dir, storage_uri, fixed, search.mode, space,
                        search.seeds, search.num_samples, search.seed, ev.protocols,

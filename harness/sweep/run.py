@@ -205,10 +205,14 @@ def _tuner(sweep: SweepConfig, specs: list[dict], local: bool, concurrency: int,
 
         metric = sweep.scheduler["metric"]
         mode = SCHEDULER_METRICS[metric]
-        # stop_last_trials=False: a trial that reaches its last epoch goes on to its
-        # evaluation; ASHA only stops trials at the rungs before it.
+        # A trial that reaches its last epoch goes on to its evaluation; ASHA only stops
+        # trials at the rungs before it. stop_last_trials=False alone does not do that: Ray
+        # puts a rung at max_t itself whenever max_t / grace_period is a power of the
+        # reduction factor, and a trial stopped there has trained every epoch but is never
+        # evaluated (seen: 2 epochs, grace 1, factor 2). With max_t one epoch short every rung
+        # lies before the last epoch (the config keeps grace_period below it).
         scheduler = ASHAScheduler(time_attr="epoch",
-                                  max_t=max(t.config.epochs for t in sweep.trials),
+                                  max_t=max(t.config.epochs for t in sweep.trials) - 1,
                                   grace_period=sweep.scheduler["grace_period"],
                                   reduction_factor=sweep.scheduler["reduction_factor"],
                                   stop_last_trials=False)

@@ -56,7 +56,7 @@ def _run(*args: str, fast_machine_s: float) -> str:
 def _sweep_file(tmp_path: Path, data_dir: Path, name: str, *, space: dict, settings: dict,
                 fixed: dict, concurrent: int = 2, storage: str | None = None,
                 protocols: tuple[str, ...] = ("linear", "knn"), baseline: bool = True,
-                reference: dict | None = None) -> Path:
+                reference: dict | None = None, scheduler: dict | None = None) -> Path:
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump({
         "name": name, "experiment": str(REPO / "experiments" / "cifar10_demo.yaml"),
@@ -65,7 +65,8 @@ def _sweep_file(tmp_path: Path, data_dir: Path, name: str, *, space: dict, setti
         "evaluate": {"protocols": list(protocols), "baseline": baseline,
                      "settings": {"loader_workers": 1, **settings}},
         "resources": {"max_concurrent_trials": concurrent}, "metric": "knn/val/k200_top1",
-        **({"reference": reference} if reference else {})}))
+        **({"reference": reference} if reference else {}),
+        **({"scheduler": scheduler} if scheduler else {})}))
     return path
 
 
@@ -245,3 +246,57 @@ def test_killed_sweep_resumes_only_unfinished_trials_and_nan_fails(cifar_prepare
     table = (run_dir / "report" / "results.md").read_text()
     assert "failed: loss is inf at epoch 1 (step 1)" in table
     assert (remote / "report" / "results.md").read_text() == table  # mirrored at the end
+
+
+def test_asha_stopped_trial_frees_its_workers_beside_another_ray_instance(cifar_prepared,
+                                                                          tmp_path):
+    """Two local Ray instances on one machine: the sweep's, and one started after it (another
+    sweep, a test run). ASHA stops the trial with the highest loss after its first epoch; Train
+    V2 frees a stopped trial's workers (its placement group) once Ray's state API says the
+    trial's controller is gone, and Ray's own lookup of that API takes the newest instance on
+    the machine, the other one, unless the sweep's processes carry their instance's address
+    (RAY_API_SERVER_ADDRESS, harness.ray_runtime). The trial after the stopped one needs those
+    CPUs: it trains, and the other instance is untouched."""
+    path = _sweep_file(tmp_path, cifar_prepared, "asha",
+                       # One at a time, in this order: t0001's loss is far above t0000's at
+                       # epoch 1 (lambda weighs the off-diagonal terms), t0002's in between.
+                       space={"loss.lambd": [0.001, 0.05, 0.002]},
+                       settings={"test_images": 50, "val_images": 50}, concurrent=1,
+                       protocols=("knn",), baseline=False,
+                       fixed={"epochs": 2, "warmup_epochs": 0, "data.subset": None,
+                              "data.resolution": 16, "batch_size": 64,
+                              "run.checkpoint_every": 1, "probe.enabled": False},
+                       scheduler={"type": "asha", "metric": "loss/total", "grace_period": 1,
+                                  "reduction_factor": 2})
+    driver = _harness("sweep", str(path))
+    other = None
+    try:
+        lines = []
+        for line in driver.stdout:          # the sweep's instance is up once it says this
+            lines.append(line)
+            if "the workers' output and Ray's messages go to" in line:
+                break
+        assert driver.poll() is None, "".join(lines)[-4000:]
+        other = subprocess.Popen(
+            [sys.executable, "-c", "from harness.ray_runtime import start_ray; "
+             "start_ray(num_cpus=1); print('up', flush=True); import time; time.sleep(900)"],
+            cwd=REPO, env=_env(), stdout=subprocess.PIPE, text=True, start_new_session=True)
+        assert other.stdout.readline().strip() == "up"
+        out = "".join(lines) + driver.communicate(timeout=guard(120))[0]
+        assert driver.returncode == 0, out[-5000:]
+        assert other.poll() is None
+    finally:
+        kill_tree(driver)
+        if other is not None:
+            kill_tree(other)
+    from harness.pretrain.run_log import read_metrics
+
+    trials = {t["params"]["loss.lambd"]: t for t in read_trials(tmp_path / "sweeps" / "asha")}
+    assert {k: t["status"] for k, t in trials.items()} == \
+        {0.001: "ok", 0.05: "stopped", 0.002: "ok"}, out[-5000:]
+    run = tmp_path / "sweeps" / "asha" / "trials"
+    epochs = {t["params"]["loss.lambd"]: [m["epoch"] for m in read_metrics(
+        run / t["trial_id"] / "pretrain")] for t in trials.values()}
+    assert epochs == {0.001: [1, 2], 0.05: [1], 0.002: [1, 2]}
+    assert set(trials[0.002]["evals"]) == {"knn"} and trials[0.05]["evals"] == {}
+    assert f"{trials[0.05]['trial_id']} stopped" in out, out[-5000:]

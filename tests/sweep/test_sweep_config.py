@@ -74,6 +74,8 @@ def test_random_search_is_seeded_and_in_bounds(tmp_path, cifar_prepared):
     ({"resources": {"max_concurrent_trials": 0}}, "resources.max_concurrent_trials: must be"),
     ({"scheduler": {"type": "asha", "reduction_factor": 1}},
      "scheduler.reduction_factor: must be >= 2"),
+    ({"scheduler": {"type": "asha", "metric": "loss/total"}},       # the demo trains 1 epoch
+     "scheduler.grace_period: 1 is not below the trials' 1 epochs"),
     ({"set": {"optimizer.lr_weights": {"a": 1}}}, "optimizer.lr_weights: a swept value must be"),
 ])
 def test_bad_sweep_files(tmp_path, cifar_prepared, changes, message):
@@ -84,7 +86,9 @@ def test_bad_sweep_files(tmp_path, cifar_prepared, changes, message):
 
 def test_metrics_read_val(tmp_path, cifar_prepared):
     sweep = load_sweep(_write(tmp_path, cifar_prepared, metric="knn/val/k200_top1",
-                              scheduler={"type": "asha"}))
+                              scheduler={"type": "asha"},
+                              set={"data.dir": str(cifar_prepared), "data.subset": None,
+                                   "batch_size": 64, "epochs": 2}))
     assert sweep.metric == "knn/val/k200_top1" and sweep.describe()["metric"] == sweep.metric
     assert sweep.scheduler["metric"] == "probe/val_top1"
     demo = yaml.safe_load((REPO / "experiments" / "sweep_cifar10_demo.yaml").read_text())
