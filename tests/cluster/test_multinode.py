@@ -1,17 +1,20 @@
 """A multi-node Ray cluster on this machine, with S3 as its only shared storage.
 
 The cluster is real: a head (no CPUs: it schedules, it does not train) and two worker nodes,
-each a raylet of its own on 127.0.0.1 with one CPU (ray.cluster_utils.Cluster starts them as
-`ray start` does). Each node has its own working folder for the harness (BT_STORAGE_CACHE); the
+each a raylet of its own on 127.0.0.1 with one CPU. Each worker node runs in a mount namespace
+of its own (node_process.py), so that it sees its own data folder at the path every node uses,
+staged from the bucket with `harness stage` as cluster.yaml's set-up does; no node can read
+another's. Each node also has its own working folder for the harness (BT_STORAGE_CACHE). The
 one place they share is a bucket on moto's S3 server, on 127.0.0.1, which `harness pretrain
 --storage s3://...` writes checkpoints, metrics.jsonl, TensorBoard, launch records and the
-export to. What is simulated: the machines (every node shares this one's disk and CPUs) and
-the autoscaler (the test adds the replacement node). What is real: Ray's nodes and their
-processes, the S3 protocol, the SIGKILL of a node's raylet.
+export to. What is simulated: the machines (the nodes share this one's CPUs, and its disk
+outside their data folders) and the autoscaler (the test adds the replacement node). What is
+real: Ray's nodes and their processes, the S3 protocol, the SIGKILL of a node's raylet.
 
 - Placement does not change the math: 2 workers on 2 nodes (STRICT_SPREAD) take the same
   per-step losses as 2 workers on one node (a local instance), same seed and data.
 - `harness export` and `harness eval` read that run from its URI.
+- A node that joined without the data set is named by the cluster check before any trial.
 - Node loss in pretraining: the node holding rank 0 vanishes mid-epoch (its raylet and the
   processes it started SIGKILLed); a replacement node joins; Ray Train restarts the worker
   group, which resumes from the newest checkpoint in S3 (the new rank 0's node has never seen
@@ -64,56 +67,104 @@ def s3(tmp_path_factory):
             yield endpoint
 
 
-class _Cluster:
-    """ray.cluster_utils.Cluster with node-local working folders."""
+NODE_PROCESS = Path(__file__).with_name("node_process.py")
 
-    def __init__(self, root: Path):
+
+class _Cluster:
+    """A head (ray.cluster_utils.Cluster, in this process) and worker nodes each in a process
+    and a mount namespace of its own (node_process.py): every node sees its own data folder
+    at one path, `data`, as nodes with local disks do, and keeps its working folder apart."""
+
+    def __init__(self, root: Path, data_uri: str):
         from ray.cluster_utils import Cluster
 
-        self.root = root
+        self.root, self.data_uri = root, data_uri
+        self.data = root / "data"     # the head's staged data; each worker's own over it
+        self._stage(self.data)
         self.cluster = Cluster(initialize_head=True, head_node_args={
             "num_cpus": 0, "node_ip_address": "127.0.0.1", "include_dashboard": False,
             "env_vars": {"BT_STORAGE_CACHE": str(root / "head")}})
-        self.workers: dict[str, object] = {}
+        self.workers: dict[str, subprocess.Popen] = {}
+        self.ids: dict[str, str] = {}
 
-    def add(self, name: str):
-        """A worker node with one CPU and a folder of its own."""
+    def _stage(self, folder: Path) -> None:
+        """What cluster.yaml's set-up runs on each node: the data sets from the bucket."""
+        staged = run_tree([str(HARNESS), "stage", self.data_uri, "--to", str(folder)],
+                          timeout=guard(20))
+        assert staged.returncode == 0, staged.stdout
+
+    def add(self, name: str, *, stage: bool = True) -> str:
+        """A worker node with one CPU and folders of its own (data staged unless `stage` is
+        False); its node id, once it is alive."""
+        own = self.root / name
+        (own / "data").mkdir(parents=True)
+        if stage:
+            self._stage(own / "data")
         # Less memory than a sweep trial's own process asks for (harness.sweep.run): trial
         # processes stay on the head, as on cluster.yaml's on-demand head; the spot workers
         # hold only the training workers.
-        node = self.cluster.add_node(num_cpus=1, memory=2**19, node_ip_address="127.0.0.1",
-                                     env_vars={"BT_STORAGE_CACHE": str(self.root / name)})
-        self.workers[name] = node
-        return node
+        script = (f"mount --bind {own / 'data'} {self.data} && exec {sys.executable} "
+                  f"{NODE_PROCESS} {self.cluster.address} --num-cpus 1 --memory {2**19}")
+        proc = subprocess.Popen(["unshare", "--mount", "sh", "-c", script], text=True,
+                                stdout=subprocess.PIPE, start_new_session=True,
+                                env={**os.environ, "BT_STORAGE_CACHE": str(own)})
+        self.workers[name] = proc
+        line = proc.stdout.readline().split()   # the node prints its id once it is up
+        assert line[:1] == ["node"], f"node {name} did not start ({proc.wait()})"
+        self.ids[name] = line[1]
+        deadline = time.monotonic() + guard(10)
+        while not any(n["NodeID"] == line[1] and n["Alive"]
+                      for n in self.cluster.global_state.node_table()):
+            assert time.monotonic() < deadline, f"node {name} did not join the head"
+            time.sleep(0.2)
+        return line[1]
 
     def reclaim(self, name: str) -> list[int]:
         """The node vanishes, as a spot reclaim takes a machine: SIGKILL its raylet and every
-        process it started (the Ray Train workers there), then its other daemons."""
+        process it started (the Ray Train workers there), then the rest of the node."""
         import psutil
 
-        node = self.workers.pop(name)
-        raylet = psutil.Process(node.all_processes["raylet"][0].process.pid)
+        proc = self.workers.pop(name)
+        (raylet,) = [p for p in psutil.Process(proc.pid).children(recursive=True)
+                     if p.name() == "raylet"]
         doomed = [raylet, *raylet.children(recursive=True)]
-        for proc in doomed:
-            proc.send_signal(signal.SIGKILL)
+        for p in doomed:
+            p.send_signal(signal.SIGKILL)
         psutil.wait_procs(doomed, timeout=10)
-        self.cluster.remove_node(node, allow_graceful=False)
+        kill_tree(proc)
         return [p.pid for p in doomed]
 
+    def remove(self, name: str) -> None:
+        proc = self.workers.pop(name)
+        proc.terminate()              # the node stops its processes (node_process.py)
+        proc.wait(timeout=guard(5))
+
     def shutdown(self) -> None:
+        for name in list(self.workers):
+            self.remove(name)
         self.cluster.shutdown()
 
 
 @pytest.fixture(scope="module")
-def cluster(s3, tmp_path_factory):
-    c = _Cluster(tmp_path_factory.mktemp("nodes"))
+def cluster(s3, cifar_prepared, tmp_path_factory):
+    """The 3-node cluster; the data set is in the bucket, staged on each node."""
+    from harness.storage import join, upload
+
+    data_uri = s3_uri(s3, "runs", "data")
+    upload(cifar_prepared, join(data_uri, cifar_prepared.name))
+    c = _Cluster(tmp_path_factory.mktemp("nodes"), data_uri)
     try:
         c.add("node-a")
         c.add("node-b")
-        c.cluster.wait_for_nodes()
         yield c
     finally:
         c.shutdown()
+
+
+@pytest.fixture(scope="module")
+def data_dir(cluster, cifar_prepared) -> Path:
+    """Where every node finds its own staged copy of the data set."""
+    return cluster.data / cifar_prepared.name
 
 
 def _args(data: Path, uri: str, name: str, *overrides: str) -> list[str]:
@@ -148,26 +199,26 @@ def _listing(uri: str) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def spread_run(cluster, s3, cifar_prepared, tmp_path_factory) -> str:
+def spread_run(cluster, s3, data_dir, tmp_path_factory) -> str:
     """A 2-epoch run with one worker on each worker node; its URI."""
     from harness.storage import join
 
     uri = s3_uri(s3, "runs")
     env = {**os.environ, "BT_STORAGE_CACHE": str(tmp_path_factory.mktemp("driver"))}
-    spread = run_tree(_args(cifar_prepared, uri, "spread", "epochs=2",
+    spread = run_tree(_args(data_dir, uri, "spread", "epochs=2",
                             "workers.placement=STRICT_SPREAD")
                       + ["--address", cluster.cluster.address], timeout=guard(90), env=env)
     assert spread.returncode == 0, spread.stdout[-3000:]
     return join(uri, "spread")
 
 
-def test_placement_does_not_change_the_math(spread_run, cluster, s3, cifar_prepared, tmp_path):
+def test_placement_does_not_change_the_math(spread_run, cluster, s3, data_dir, tmp_path):
     from harness.pretrain.run_log import read_metrics
     from harness.storage import join
 
     # The same run with both workers on one node: a local Ray instance of 2 CPUs.
     uri = s3_uri(s3, "runs")
-    packed = run_tree(_args(cifar_prepared, uri, "packed", "epochs=2"), timeout=guard(90),
+    packed = run_tree(_args(data_dir, uri, "packed", "epochs=2"), timeout=guard(90),
                       env={**os.environ, "BT_STORAGE_CACHE": str(tmp_path / "driver")})
     assert packed.returncode == 0, packed.stdout[-3000:]
     packed_run = join(uri, "packed")
@@ -208,6 +259,52 @@ def test_export_and_eval_read_the_run_from_s3(spread_run, cifar_prepared, tmp_pa
     record = json.loads(read_text(join(spread_run, "eval", "knn.json")))
     assert record["checkpoint"]["path"] == join(spread_run, "checkpoint_epoch000002")
     assert 0 <= record["metrics"][f"val/{record['primary']}"] <= 1
+
+
+def _sweep_file(tmp_path: Path, name: str, data_dir: Path, uri: str) -> Path:
+    """A sweep of two trials stored at `uri`, one after the other, each trial's two workers on
+    two worker nodes (the trials' own processes stay on the head)."""
+    import yaml
+
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": name, "experiment": str(EXPERIMENTS / "cifar10_cpu.yaml"),
+        "storage_path": uri,
+        "set": {"data.dir": str(data_dir), "data.subset": None, "data.resolution": 16,
+                "batch_size": 64, "epochs": 2, "warmup_epochs": 1,
+                "model.projector": "128-128", "workers.num_workers": 2,
+                "workers.placement": "STRICT_SPREAD", "run.checkpoint_every": 1,
+                "run.max_failures": 2, "probe.enabled": False},
+        "search": {"mode": "grid", "space": {"loss.lambd": [0.005, 0.01]}, "seeds": [0]},
+        "evaluate": {"protocols": ["knn"], "baseline": False,
+                     "settings": {"loader_workers": 1, "test_images": 50, "val_images": 50}},
+        "resources": {"max_concurrent_trials": 1}, "metric": "knn/val/k200_top1"}))
+    return path
+
+
+def test_a_node_without_the_data_set_is_named_before_any_trial(cluster, s3, data_dir,
+                                                                tmp_path):
+    """Every node sees only its own data folder: a node that joined without `harness stage`
+    lacks the data set the head and the other nodes have at the same path. The cluster check
+    names that node, the data set and the command that stages it, before any trial starts."""
+    bare = cluster.add("node-unstaged", stage=False)
+    try:
+        uri = s3_uri(s3, "runs", "unstaged")
+        path = _sweep_file(tmp_path, "unstaged", data_dir, uri)
+        done = run_tree([str(HARNESS), "sweep", str(path), "--address", cluster.cluster.address],
+                        timeout=guard(30),
+                        env={**os.environ, "BT_STORAGE_CACHE": str(tmp_path / "driver")})
+    finally:
+        cluster.remove("node-unstaged")
+    assert done.returncode != 0, done.stdout[-3000:]
+    problems = [line for line in done.stdout.splitlines() if line.lstrip().startswith("- ")]
+    assert len(problems) == 1, done.stdout[-3000:]        # that node only: the others have it
+    (problem,) = problems
+    assert f"node 127.0.0.1 ({bare[:8]})" in problem, problem
+    assert f"{data_dir} is not a prepared data set" in problem, problem
+    assert f"harness stage s3://YOUR-BUCKET/barlow-harness/data --to {cluster.data} " \
+        f"--only {data_dir.name}" in problem, problem
+    assert not any(f.startswith("unstaged/trials") for f in _listing(uri)), _listing(uri)
 
 
 def _run_with_losses(cluster: _Cluster, cmd: list[str], losses, tmp_path: Path, *,
@@ -254,13 +351,13 @@ def _wait_for(what, predicate, timeout: float, proc: subprocess.Popen):
         time.sleep(0.2)
 
 
-def test_node_loss_resumes_from_s3_with_each_epoch_once(cluster, s3, cifar_prepared, tmp_path):
+def test_node_loss_resumes_from_s3_with_each_epoch_once(cluster, s3, data_dir, tmp_path):
     from harness.pretrain.run_log import read_metrics
     from harness.storage import join, read_text
 
     uri = s3_uri(s3, "runs")
     run = join(uri, "lost")
-    cmd = _args(cifar_prepared, uri, "lost", "epochs=3", "workers.placement=STRICT_SPREAD") + \
+    cmd = _args(data_dir, uri, "lost", "epochs=3", "workers.placement=STRICT_SPREAD") + \
         ["--address", cluster.cluster.address]
     out, rc, [(rank0, killed_at, killed)] = _run_with_losses(
         cluster, cmd, [(run, _rank0_node(cluster, "lost"))], tmp_path, fast_machine_s=60)
@@ -292,32 +389,17 @@ def _folders_with_run(cluster: _Cluster, name: str) -> set[str]:
             for p in cluster.root.glob(f"*/runs/{name}-*/metrics.jsonl")}
 
 
-def test_sweep_in_s3_survives_the_loss_of_a_training_node(cluster, s3, cifar_prepared,
-                                                          tmp_path):
+def test_sweep_in_s3_survives_the_loss_of_a_training_node(cluster, s3, data_dir, tmp_path):
     """A sweep stored in S3, two trials one after the other, each trial's two workers on the
     two worker nodes, the trials' own processes on the head. The node holding t0000's rank 0
     vanishes in its epoch 2 and a replacement joins: t0000 resumes from its checkpoint in S3
     inside Ray Train, each trial ends with one evaluation record, t0001 runs untouched, and
     the report lists each trial once."""
-    import yaml
-
     from harness.pretrain.run_log import read_metrics
     from harness.storage import join, read_text
 
     uri = s3_uri(s3, "runs", "sweeps")
-    path = tmp_path / "nodes.yaml"
-    path.write_text(yaml.safe_dump({
-        "name": "nodes", "experiment": str(EXPERIMENTS / "cifar10_cpu.yaml"),
-        "storage_path": uri,
-        "set": {"data.dir": str(cifar_prepared), "data.subset": None, "data.resolution": 16,
-                "batch_size": 64, "epochs": 2, "warmup_epochs": 1,
-                "model.projector": "128-128", "workers.num_workers": 2,
-                "workers.placement": "STRICT_SPREAD", "run.checkpoint_every": 1,
-                "run.max_failures": 2, "probe.enabled": False},
-        "search": {"mode": "grid", "space": {"loss.lambd": [0.005, 0.01]}, "seeds": [0]},
-        "evaluate": {"protocols": ["knn"], "baseline": False,
-                     "settings": {"loader_workers": 1, "test_images": 50, "val_images": 50}},
-        "resources": {"max_concurrent_trials": 1}, "metric": "knn/val/k200_top1"}))
+    path = _sweep_file(tmp_path, "nodes", data_dir, uri)
     sweep = join(uri, "nodes")
     runs = {t: join(sweep, "trials", t, "pretrain") for t in ("t0000", "t0001")}
     out, rc, [(_, killed_at, _)] = _run_with_losses(
