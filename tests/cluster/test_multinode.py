@@ -150,6 +150,10 @@ def cluster(s3, cifar_prepared, tmp_path_factory):
     """The 3-node cluster; the data set is in the bucket, staged on each node."""
     from harness.storage import join, upload
 
+    probe = subprocess.run(["unshare", "--mount", "true"], capture_output=True, text=True)
+    if probe.returncode != 0:    # as tests/loopback_sandbox.py: root and namespaces, checked
+        pytest.skip(f"worker nodes need mount namespaces: unshare --mount failed here "
+                    f"({probe.stderr.strip()}); run the tests as root on Linux")
     data_uri = s3_uri(s3, "runs", "data")
     upload(cifar_prepared, join(data_uri, cifar_prepared.name))
     c = _Cluster(tmp_path_factory.mktemp("nodes"), data_uri)
