@@ -1,8 +1,9 @@
 """The cluster files and the cluster check, launched for real on this machine.
 
 - Every cluster*.yaml passes Ray's own validation the way `ray up` runs it; broken copies fail.
-- A local-provider cluster over SSH to 127.0.0.1: `ray up`, `ray exec`, a `harness` job through
-  `ray job submit`, `ray down`, and no Ray process left.
+- A local-provider cluster over SSH to 127.0.0.1: `ray up`, a worker node that the head's
+  autoscaler logs in to and starts, `ray exec`, a `harness` job through `ray job submit` with a
+  training worker on each node, `ray down`, and no Ray process left.
 - cluster.yaml itself, launched against moto's EC2/IAM server: head created, set up (checkout
   synced, setup.sh, data staged, Ray started), torn down.
 The launches run in a sandbox with only loopback (tests/loopback_sandbox.py): nothing leaves
@@ -137,37 +138,66 @@ def _session_env(sandbox: Sandbox) -> dict[str, str]:
 
 
 def test_local_provider_cluster_up_exec_job_down(sandbox, tmp_path, cifar_small_folder):
+    """A head and one worker node: `ray up` sets up the head, the head's autoscaler logs in to
+    the worker's address (`localhost`: the local provider names each node by its address, and
+    this machine has one loopback) and starts Ray there; a job's two training workers run one
+    on each node."""
     sshd = Sshd(sandbox, tmp_path / "sshd", _session_env(sandbox))
     ray_bin = VENV_BIN / "ray"
     cluster = tmp_path / "local.yaml"
     cluster.write_text(yaml.safe_dump({
         "cluster_name": f"barlow-local-test-{RUN_TAG}",
-        "provider": {"type": "local", "head_ip": "127.0.0.1", "worker_ips": []},
+        "provider": {"type": "local", "head_ip": "127.0.0.1", "worker_ips": ["localhost"]},
         "auth": {"ssh_user": "root", "ssh_private_key": str(sshd.key)},
         "setup_commands": [f"grep -q {VENV_BIN} ~/.bashrc || "
                            f"echo 'export PATH=\"{VENV_BIN}:$PATH\"' >> ~/.bashrc"],
         "head_start_ray_commands": [
             f"{ray_bin} stop",
-            f"{ray_bin} start --head --node-ip-address=127.0.0.1 --port=6379 --num-cpus=2 "
+            f"{ray_bin} start --head --node-ip-address=127.0.0.1 --port=6379 --num-cpus=1 "
             "--dashboard-host=127.0.0.1 --autoscaling-config=~/ray_bootstrap_config.yaml "
             "--disable-usage-stats"],
-        "worker_start_ray_commands": [],
+        # No `ray stop` first: the worker shares the head's machine, and it would stop the
+        # head. `ray start --address` joins only with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1,
+        # which in the sandbox (loopback only) leaves every address at 127.0.0.1.
+        "worker_start_ray_commands": [
+            f"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1 {ray_bin} start --address=$RAY_HEAD_IP:6379 "
+            "--node-ip-address=127.0.0.1 --num-cpus=1 --disable-usage-stats"],
     }))
     timings = {}
     start = time.monotonic()
-    sandbox.run([str(ray_bin), "up", "-y", "--no-config-cache", str(cluster)], timeout=guard(45))
+    # Autoscaler v1: v2 (`ray up`'s default since Ray 2.50) never launched the local
+    # provider's worker here (it found its own head "no longer" there and kept "adding 1 node").
+    sandbox.run(["env", "RAY_UP_enable_autoscaler_v2=0", str(ray_bin), "up", "-y",
+                 "--no-config-cache", str(cluster)], timeout=guard(45))
     timings["ray up"] = time.monotonic() - start
 
-    out = sandbox.run([str(ray_bin), "exec", str(cluster), "ray status && echo HOME=$HOME"],
-                      timeout=guard(15)).stdout
-    assert f"HOME={sandbox.env['HOME']}" in out and "2.0 CPU" in out.replace("0.0/2.0", "2.0")
+    # The autoscaler brings the worker up on its own (min_workers: every worker address).
+    # `ray status` counts it ("2 local.cluster.node") but sums resources per address, so the
+    # nodes and their CPUs are read from Ray's node table.
+    (tmp_path / "nodes.py").write_text(
+        "import ray\nray.init(address='auto', logging_level='ERROR')\n"
+        "alive = [n for n in ray.nodes() if n['Alive']]\n"
+        "print('NODES', len(alive), sum(n['Resources'].get('CPU', 0) for n in alive))\n")
+    start = time.monotonic()
+    deadline = start + guard(60)
+    while True:
+        out = sandbox.run([str(ray_bin), "exec", str(cluster),
+                           f"ray status && echo HOME=$HOME && python {tmp_path / 'nodes.py'}"],
+                          timeout=guard(15)).stdout
+        if "NODES 2 2.0" in out:
+            break
+        assert time.monotonic() < deadline, f"the worker did not join: {out[-3000:]}"
+        time.sleep(2)
+    timings["worker joined"] = time.monotonic() - start
+    assert f"HOME={sandbox.env['HOME']}" in out and " 2 local.cluster.node" in out, out
 
     data, runs = tmp_path / "data", tmp_path / "runs"
     overrides = ["epochs=1", "warmup_epochs=0", "batch_size=32", f"data.dir={data}",
                  "data.subset=null", "data.resolution=16", "model.projector=64-64",
-                 "probe.eval_images=20", "run.log_every_steps=0"]
-    job = (f"{VENV_BIN}/harness prep {cifar_small_folder} --out {data} --write-mode raw --workers 1 && "
-           f"{VENV_BIN}/harness pretrain {REPO}/experiments/cifar10_cpu.yaml "
+                 "probe.eval_images=20", "run.log_every_steps=0",
+                 "workers.placement=STRICT_SPREAD"]       # one training worker on each node
+    job = (f"{VENV_BIN}/harness prep {cifar_small_folder} --out {data} --write-mode raw "
+           f"--workers 1 && {VENV_BIN}/harness pretrain {REPO}/experiments/cifar10_cpu.yaml "
            + " ".join(f"--set {o}" for o in overrides)
            + f" --name on-cluster --storage {runs} --address auto")
     start = time.monotonic()
@@ -179,6 +209,9 @@ def test_local_provider_cluster_up_exec_job_down(sandbox, tmp_path, cifar_small_
     assert (runs / "on-cluster" / "export" / "backbone.pt").is_file()
     launch = json.loads((runs / "on-cluster" / "launches.jsonl").read_text().splitlines()[-1])
     assert launch["address"] == "auto"
+    (epoch,) = [json.loads(line) for line in
+                (runs / "on-cluster" / "metrics.jsonl").read_text().splitlines()]
+    assert epoch["workers/nodes"] == 2
 
     start = time.monotonic()
     sandbox.run([str(ray_bin), "down", "-y", str(cluster)], timeout=guard(30))
