@@ -25,6 +25,7 @@ real: Ray's nodes and their processes, the S3 protocol, the SIGKILL of a node's 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -75,15 +76,18 @@ class _Cluster:
     and a mount namespace of its own (node_process.py): every node sees its own data folder
     at one path, `data`, as nodes with local disks do, and keeps its working folder apart."""
 
-    def __init__(self, root: Path, data_uri: str):
+    def __init__(self, root: Path, data_uri: str, *, head: dict | None = None,
+                 worker_memory: int | None = 2**19):
+        """head: more of the head's settings (ray.cluster_utils); worker_memory: each worker
+        node's memory resource (None: Ray's default, which fits a sweep trial's process)."""
         from ray.cluster_utils import Cluster
 
-        self.root, self.data_uri = root, data_uri
+        self.root, self.data_uri, self.worker_memory = root, data_uri, worker_memory
         self.data = root / "data"     # the head's staged data; each worker's own over it
         self._stage(self.data)
         self.cluster = Cluster(initialize_head=True, head_node_args={
             "num_cpus": 0, "node_ip_address": "127.0.0.1", "include_dashboard": False,
-            "env_vars": {"BT_STORAGE_CACHE": str(root / "head")}})
+            "env_vars": {"BT_STORAGE_CACHE": str(root / "head")}, **(head or {})})
         self.workers: dict[str, subprocess.Popen] = {}
         self.ids: dict[str, str] = {}
 
@@ -100,11 +104,12 @@ class _Cluster:
         (own / "data").mkdir(parents=True)
         if stage:
             self._stage(own / "data")
-        # Less memory than a sweep trial's own process asks for (harness.sweep.run): trial
-        # processes stay on the head, as on cluster.yaml's on-demand head; the spot workers
-        # hold only the training workers.
+        # By default less memory than a sweep trial's own process asks for (harness.sweep.run):
+        # trial processes stay on the head, as on cluster.yaml's on-demand head; the spot
+        # workers hold only the training workers.
+        memory = f" --memory {self.worker_memory}" if self.worker_memory else ""
         script = (f"mount --bind {own / 'data'} {self.data} && exec {sys.executable} "
-                  f"{NODE_PROCESS} {self.cluster.address} --num-cpus 1 --memory {2**19}")
+                  f"{NODE_PROCESS} {self.cluster.address} --num-cpus 1{memory}")
         proc = subprocess.Popen(["unshare", "--mount", "sh", "-c", script], text=True,
                                 stdout=subprocess.PIPE, start_new_session=True,
                                 env={**os.environ, "BT_STORAGE_CACHE": str(own)})
@@ -145,9 +150,10 @@ class _Cluster:
         self.cluster.shutdown()
 
 
-@pytest.fixture(scope="module")
-def cluster(s3, cifar_prepared, tmp_path_factory):
-    """The 3-node cluster; the data set is in the bucket, staged on each node."""
+@contextlib.contextmanager
+def three_nodes(s3: str, cifar_prepared: Path, root: Path, **settings):
+    """A head and two worker nodes (_Cluster `settings`); the data set is in the bucket,
+    staged on each node."""
     from harness.storage import join, upload
 
     probe = subprocess.run(["unshare", "--mount", "true"], capture_output=True, text=True)
@@ -156,13 +162,19 @@ def cluster(s3, cifar_prepared, tmp_path_factory):
                     f"({probe.stderr.strip()}); run the tests as root on Linux")
     data_uri = s3_uri(s3, "runs", "data")
     upload(cifar_prepared, join(data_uri, cifar_prepared.name))
-    c = _Cluster(tmp_path_factory.mktemp("nodes"), data_uri)
+    c = _Cluster(root, data_uri, **settings)
     try:
         c.add("node-a")
         c.add("node-b")
         yield c
     finally:
         c.shutdown()
+
+
+@pytest.fixture(scope="module")
+def cluster(s3, cifar_prepared, tmp_path_factory):
+    with three_nodes(s3, cifar_prepared, tmp_path_factory.mktemp("nodes")) as c:
+        yield c
 
 
 @pytest.fixture(scope="module")
