@@ -411,8 +411,7 @@ def test_sweep_in_s3_survives_the_loss_of_a_training_node(cluster, s3, data_dir,
     vanishes in its epoch 2 and a replacement joins: t0000 resumes from its checkpoint in S3
     inside Ray Train, each trial ends with one evaluation record, t0001 runs untouched, and
     the report lists each trial once."""
-    from harness.pretrain.run_log import read_metrics
-    from harness.storage import join, read_text
+    from harness.storage import join
 
     uri = s3_uri(s3, "runs", "sweeps")
     path = _sweep_file(tmp_path, "nodes", data_dir, uri)
@@ -422,16 +421,25 @@ def test_sweep_in_s3_survives_the_loss_of_a_training_node(cluster, s3, data_dir,
         cluster, [str(HARNESS), "sweep", str(path), "--address", cluster.cluster.address],
         [(runs["t0000"], _rank0_node(cluster, "pretrain"))], tmp_path, fast_machine_s=90)
     assert rc == 0, out[-5000:]
+    # One launch each: Ray Train replaced t0000's lost workers inside the trial.
+    check_sweep_after_loss(sweep, runs, killed_at, launches={"t0000": 1, "t0001": 1})
+
+
+def check_sweep_after_loss(sweep: str, runs: dict[str, str], killed_at: float, *,
+                           launches: dict[str, int]) -> None:
+    """Every trial of the sweep at `sweep` ended ok with one knn evaluation, trained each of
+    its 2 epochs once, and was launched as often as `launches` says; t0000's epoch 1 is the
+    record from before the loss at `killed_at`; the report lists each trial once."""
+    from harness.pretrain.run_log import read_metrics
+    from harness.storage import join, read_text
+
     for trial, run in runs.items():
         record = json.loads(read_text(join(sweep, "trials", trial, "trial.json")))
         assert record["status"] == "ok" and set(record["evals"]) == {"knn"}, record
-        metrics = read_metrics(run)
-        assert [m["epoch"] for m in metrics] == [1, 2]
-        # One launch each: Ray Train replaced t0000's lost workers inside the trial.
-        assert len(read_text(join(run, "launches.jsonl")).splitlines()) == 1
-    # t0000's epoch 1 from before the loss, kept; its epoch 2 trained after it.
+        assert [m["epoch"] for m in read_metrics(run)] == [1, 2]
+        assert len(read_text(join(run, "launches.jsonl")).splitlines()) == launches[trial]
     first = read_metrics(runs["t0000"])
     assert first[0]["time"] < killed_at < first[1]["time"]
     table = read_text(join(sweep, "report", "results.md"))
-    for trial in ("t0000", "t0001"):  # one row each in the trials table (★: the best)
+    for trial in runs:  # one row each in the trials table (★: the best)
         assert len(re.findall(rf"^\| {trial}( ★)? \| ok \|", table, re.M)) == 1, table
