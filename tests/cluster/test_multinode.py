@@ -7,9 +7,13 @@ staged from the bucket with `harness stage` as cluster.yaml's set-up does; no no
 another's. Each node also has its own working folder for the harness (BT_STORAGE_CACHE). The
 one place they share is a bucket on moto's S3 server, on 127.0.0.1, which `harness pretrain
 --storage s3://...` writes checkpoints, metrics.jsonl, TensorBoard, launch records and the
-export to. What is simulated: the machines (the nodes share this one's CPUs, and its disk
-outside their data folders) and the autoscaler (the test adds the replacement node). What is
-real: Ray's nodes and their processes, the S3 protocol, the SIGKILL of a node's raylet.
+export to. The head serves Ray's dashboard on 127.0.0.1 (its address in
+RAY_API_SERVER_ADDRESS), as cluster.yaml's head does, and keeps too little memory for a sweep
+trial's own process, so that trials run on the worker nodes, as on a cluster of spot workers
+only (a pretraining's Ray Train controller stays on the driver's node, the head). What is
+simulated: the machines (the nodes share this one's CPUs, and its disk outside their data
+folders) and the autoscaler (the test adds the replacement node). What is real: Ray's nodes
+and their processes, the S3 protocol, the SIGKILL of a node's raylet.
 
 - Placement does not change the math: 2 workers on 2 nodes (STRICT_SPREAD) take the same
   per-step losses as 2 workers on one node (a local instance), same seed and data.
@@ -19,13 +23,19 @@ real: Ray's nodes and their processes, the S3 protocol, the SIGKILL of a node's 
   processes it started SIGKILLed); a replacement node joins; Ray Train restarts the worker
   group, which resumes from the newest checkpoint in S3 (the new rank 0's node has never seen
   the run) and ends with each epoch once.
-- Node loss in a sweep stored in S3: the same loss in one trial's training (Ray Train
-  resumes it); every trial is evaluated once and reported once.
+- Node loss in a sweep stored in S3, both cases in one sweep of two trials: t0000 loses the
+  node holding its own process (Tune's trial actor; Tune starts the trial again and it resumes
+  from its checkpoint), t0001 a node holding only training workers (Ray Train resumes it
+  inside the trial). Every trial is evaluated once and reported once, and the finished trial
+  is untouched by the other's loss.
+
+Why the dashboard: Ray Train frees the placement group of a run whose controller died through
+a cleaner on the head that asks the dashboard's state API; without it the lost trial's CPUs on
+the surviving node stay taken and its restart waits forever.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -39,7 +49,7 @@ import pytest
 
 from harness.ray_runtime import ray_session  # noqa: F401  (first: Ray's environment)
 
-from moto_s3 import TEST_CREDENTIALS, moto_server, s3_uri  # noqa: E402
+from moto_s3 import TEST_CREDENTIALS, free_port, moto_server, s3_uri  # noqa: E402
 from processes import guard, kill_tree, run_tree  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -76,18 +86,19 @@ class _Cluster:
     and a mount namespace of its own (node_process.py): every node sees its own data folder
     at one path, `data`, as nodes with local disks do, and keeps its working folder apart."""
 
-    def __init__(self, root: Path, data_uri: str, *, head: dict | None = None,
-                 worker_memory: int | None = 2**19):
-        """head: more of the head's settings (ray.cluster_utils); worker_memory: each worker
-        node's memory resource (None: Ray's default, which fits a sweep trial's process)."""
+    def __init__(self, root: Path, data_uri: str, *, dashboard_port: int):
         from ray.cluster_utils import Cluster
 
-        self.root, self.data_uri, self.worker_memory = root, data_uri, worker_memory
+        self.root, self.data_uri = root, data_uri
         self.data = root / "data"     # the head's staged data; each worker's own over it
         self._stage(self.data)
+        # Too little memory on the head for a sweep trial's process (harness.sweep.run asks
+        # for a token of it): trial processes run on the worker nodes.
         self.cluster = Cluster(initialize_head=True, head_node_args={
-            "num_cpus": 0, "node_ip_address": "127.0.0.1", "include_dashboard": False,
-            "env_vars": {"BT_STORAGE_CACHE": str(root / "head")}, **(head or {})})
+            "num_cpus": 0, "memory": 2**19, "node_ip_address": "127.0.0.1",
+            "include_dashboard": True, "dashboard_host": "127.0.0.1",
+            "dashboard_port": dashboard_port,
+            "env_vars": {"BT_STORAGE_CACHE": str(root / "head")}})
         self.workers: dict[str, subprocess.Popen] = {}
         self.ids: dict[str, str] = {}
 
@@ -104,12 +115,8 @@ class _Cluster:
         (own / "data").mkdir(parents=True)
         if stage:
             self._stage(own / "data")
-        # By default less memory than a sweep trial's own process asks for (harness.sweep.run):
-        # trial processes stay on the head, as on cluster.yaml's on-demand head; the spot
-        # workers hold only the training workers.
-        memory = f" --memory {self.worker_memory}" if self.worker_memory else ""
         script = (f"mount --bind {own / 'data'} {self.data} && exec {sys.executable} "
-                  f"{NODE_PROCESS} {self.cluster.address} --num-cpus 1{memory}")
+                  f"{NODE_PROCESS} {self.cluster.address} --num-cpus 1")
         proc = subprocess.Popen(["unshare", "--mount", "sh", "-c", script], text=True,
                                 stdout=subprocess.PIPE, start_new_session=True,
                                 env={**os.environ, "BT_STORAGE_CACHE": str(own)})
@@ -150,10 +157,9 @@ class _Cluster:
         self.cluster.shutdown()
 
 
-@contextlib.contextmanager
-def three_nodes(s3: str, cifar_prepared: Path, root: Path, **settings):
-    """A head and two worker nodes (_Cluster `settings`); the data set is in the bucket,
-    staged on each node."""
+@pytest.fixture(scope="module")
+def cluster(s3, cifar_prepared, tmp_path_factory):
+    """A head and two worker nodes; the data set is in the bucket, staged on each node."""
     from harness.storage import join, upload
 
     probe = subprocess.run(["unshare", "--mount", "true"], capture_output=True, text=True)
@@ -162,19 +168,16 @@ def three_nodes(s3: str, cifar_prepared: Path, root: Path, **settings):
                     f"({probe.stderr.strip()}); run the tests as root on Linux")
     data_uri = s3_uri(s3, "runs", "data")
     upload(cifar_prepared, join(data_uri, cifar_prepared.name))
-    c = _Cluster(root, data_uri, **settings)
-    try:
-        c.add("node-a")
-        c.add("node-b")
-        yield c
-    finally:
-        c.shutdown()
-
-
-@pytest.fixture(scope="module")
-def cluster(s3, cifar_prepared, tmp_path_factory):
-    with three_nodes(s3, cifar_prepared, tmp_path_factory.mktemp("nodes")) as c:
-        yield c
+    port = free_port()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAY_API_SERVER_ADDRESS", f"http://127.0.0.1:{port}")
+        c = _Cluster(tmp_path_factory.mktemp("nodes"), data_uri, dashboard_port=port)
+        try:
+            c.add("node-a")
+            c.add("node-b")
+            yield c
+        finally:
+            c.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -279,7 +282,7 @@ def test_export_and_eval_read_the_run_from_s3(spread_run, cifar_prepared, tmp_pa
 
 def _sweep_file(tmp_path: Path, name: str, data_dir: Path, uri: str) -> Path:
     """A sweep of two trials stored at `uri`, one after the other, each trial's two workers on
-    two worker nodes (the trials' own processes stay on the head)."""
+    the two worker nodes (and its own process on one of them)."""
     import yaml
 
     path = tmp_path / f"{name}.yaml"
@@ -373,7 +376,7 @@ def test_node_loss_resumes_from_s3_with_each_epoch_once(cluster, s3, data_dir, t
 
     uri = s3_uri(s3, "runs")
     run = join(uri, "lost")
-    cmd = _args(data_dir, uri, "lost", "epochs=3", "workers.placement=STRICT_SPREAD") + \
+    cmd = _args(data_dir, uri, "lost", "epochs=2", "workers.placement=STRICT_SPREAD") + \
         ["--address", cluster.cluster.address]
     out, rc, [(rank0, killed_at, killed)] = _run_with_losses(
         cluster, cmd, [(run, _rank0_node(cluster, "lost"))], tmp_path, fast_machine_s=60)
@@ -382,13 +385,13 @@ def test_node_loss_resumes_from_s3_with_each_epoch_once(cluster, s3, data_dir, t
     assert "resuming lost at epoch 1, step 5" in out, out[-4000:]
     metrics = read_metrics(run)
     assert [(m["epoch"], m["step"]) for m in metrics] == \
-        [(e, e * STEPS_PER_EPOCH) for e in (1, 2, 3)]
-    # Epoch 1's record is the first attempt's (kept, not trained again), the rest came after.
+        [(e, e * STEPS_PER_EPOCH) for e in (1, 2)]
+    # Epoch 1's record is the first attempt's (kept, not trained again), epoch 2's came after.
     assert metrics[0]["time"] < killed_at < metrics[1]["time"]
     # The new rank 0 worked on a node that had never seen the run (the replacement, or the
     # survivor, which held rank 1): it fetched epoch 1's record from S3 and went on from it.
     (new_rank0,) = _folders_with_run(cluster, "lost") - {rank0}
-    assert [m["epoch"] for m in read_metrics(_run_copy(cluster, new_rank0, "lost"))] == [1, 2, 3]
+    assert [m["epoch"] for m in read_metrics(_run_copy(cluster, new_rank0, "lost"))] == [1, 2]
     launches = (read_text(join(run, "launches.jsonl")) or "").splitlines()
     assert len(launches) == 1  # one command: Ray Train restarted the worker group itself
 
@@ -405,41 +408,70 @@ def _folders_with_run(cluster: _Cluster, name: str) -> set[str]:
             for p in cluster.root.glob(f"*/runs/{name}-*/metrics.jsonl")}
 
 
-def test_sweep_in_s3_survives_the_loss_of_a_training_node(cluster, s3, data_dir, tmp_path):
+def _trial_node(cluster: _Cluster, *, holding: bool = True):
+    """A picker: the worker node that runs the sweep's trial process (Tune's trial actor), or
+    with `holding` False the one that does not (it holds only a training worker)."""
+    import psutil
+
+    def pick() -> str:
+        found = [name for name, proc in cluster.workers.items()
+                 if holding == any("ImplicitFunc" in " ".join(p.cmdline())
+                                   for p in psutil.Process(proc.pid).children(recursive=True))]
+        assert len(found) == 1, found
+        return found[0]
+    return pick
+
+
+def test_sweep_in_s3_survives_node_losses_of_both_kinds(cluster, s3, data_dir, tmp_path):
     """A sweep stored in S3, two trials one after the other, each trial's two workers on the
-    two worker nodes, the trials' own processes on the head. The node holding t0000's rank 0
-    vanishes in its epoch 2 and a replacement joins: t0000 resumes from its checkpoint in S3
-    inside Ray Train, each trial ends with one evaluation record, t0001 runs untouched, and
-    the report lists each trial once."""
-    from harness.storage import join
+    two worker nodes. In t0000's epoch 2 the node holding t0000's own process vanishes: Tune
+    starts the trial again and it resumes from its checkpoint in S3. In t0001's epoch 2 the
+    node holding only one of t0001's training workers vanishes: Ray Train resumes it inside
+    the trial. A replacement joins after each. Each trial ends with one evaluation record,
+    t0000's records are untouched by t0001's loss, and the report lists each trial once."""
+    from harness.storage import join, read_text
 
     uri = s3_uri(s3, "runs", "sweeps")
     path = _sweep_file(tmp_path, "nodes", data_dir, uri)
     sweep = join(uri, "nodes")
     runs = {t: join(sweep, "trials", t, "pretrain") for t in ("t0000", "t0001")}
-    out, rc, [(_, killed_at, _)] = _run_with_losses(
+    finished = [join(sweep, "trials", "t0000", "trial.json"),  # its evaluation is in here
+                join(runs["t0000"], "metrics.jsonl"), join(runs["t0000"], "launches.jsonl")]
+    kept: list[str | None] = []
+
+    def worker_node_of_t0001() -> str:
+        kept.extend(read_text(f) for f in finished)   # t0000's records as the loss hits
+        return _trial_node(cluster, holding=False)()
+
+    out, rc, lost = _run_with_losses(
         cluster, [str(HARNESS), "sweep", str(path), "--address", cluster.cluster.address],
-        [(runs["t0000"], _rank0_node(cluster, "pretrain"))], tmp_path, fast_machine_s=90)
+        [(runs["t0000"], _trial_node(cluster)), (runs["t0001"], worker_node_of_t0001)],
+        tmp_path, fast_machine_s=120)
     assert rc == 0, out[-5000:]
-    # One launch each: Ray Train replaced t0000's lost workers inside the trial.
-    check_sweep_after_loss(sweep, runs, killed_at, launches={"t0000": 1, "t0001": 1})
+    (_, t0000_lost, t0000_killed), (_, t0001_lost, _) = lost
+    assert len(t0000_killed) >= 3      # the raylet, the trial's process, the Train worker there
+    # t0000 launched twice: Tune restarted its lost process, which resumed from the S3
+    # checkpoint; t0001 once: Ray Train replaced its lost worker inside the trial.
+    check_sweep_after_loss(sweep, runs, {"t0000": t0000_lost, "t0001": t0001_lost},
+                           launches={"t0000": 2, "t0001": 1})
+    assert None not in kept and [read_text(f) for f in finished] == kept
 
 
-def check_sweep_after_loss(sweep: str, runs: dict[str, str], killed_at: float, *,
+def check_sweep_after_loss(sweep: str, runs: dict[str, str], killed_at: dict[str, float], *,
                            launches: dict[str, int]) -> None:
     """Every trial of the sweep at `sweep` ended ok with one knn evaluation, trained each of
-    its 2 epochs once, and was launched as often as `launches` says; t0000's epoch 1 is the
-    record from before the loss at `killed_at`; the report lists each trial once."""
+    its 2 epochs once, and was launched as often as `launches` says; each trial's epoch 1 is
+    the record from before its loss at `killed_at`; the report lists each trial once."""
     from harness.pretrain.run_log import read_metrics
     from harness.storage import join, read_text
 
     for trial, run in runs.items():
         record = json.loads(read_text(join(sweep, "trials", trial, "trial.json")))
         assert record["status"] == "ok" and set(record["evals"]) == {"knn"}, record
-        assert [m["epoch"] for m in read_metrics(run)] == [1, 2]
+        metrics = read_metrics(run)
+        assert [m["epoch"] for m in metrics] == [1, 2]
+        assert metrics[0]["time"] < killed_at[trial] < metrics[1]["time"]
         assert len(read_text(join(run, "launches.jsonl")).splitlines()) == launches[trial]
-    first = read_metrics(runs["t0000"])
-    assert first[0]["time"] < killed_at < first[1]["time"]
     table = read_text(join(sweep, "report", "results.md"))
     for trial in runs:  # one row each in the trials table (★: the best)
         assert len(re.findall(rf"^\| {trial}( ★)? \| ok \|", table, re.M)) == 1, table
