@@ -194,7 +194,7 @@ def test_local_provider_cluster_up_exec_job_down(sandbox, tmp_path, cifar_small_
     data, runs = tmp_path / "data", tmp_path / "runs"
     overrides = ["epochs=1", "warmup_epochs=0", "batch_size=32", f"data.dir={data}",
                  "data.subset=null", "data.resolution=16", "model.projector=64-64",
-                 "probe.eval_images=20", "run.log_every_steps=0",
+                 "probe.enabled=false", "run.log_every_steps=0",
                  "workers.placement=STRICT_SPREAD"]       # one training worker on each node
     job = (f"{VENV_BIN}/harness prep {cifar_small_folder} --out {data} --write-mode raw "
            f"--workers 1 && {VENV_BIN}/harness pretrain {REPO}/experiments/cifar10_cpu.yaml "
