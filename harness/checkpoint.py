@@ -1,10 +1,11 @@
 """What a pretraining run saves, how it is read back, and the export that leaves the harness.
 
-A checkpoint is a folder (Ray Train's unit), `<run dir>/checkpoint_epochNNNNNN/`, holding one
-file, `state.pt`: the twin network (backbone + projector, without the DDP wrapper), the LARS
-state, the schedule position (optimizer step and completed epochs), the online probe's head and
-optimizer, and the configuration that made it. Only rank 0 writes it: under DDP every rank
-holds the same weights.
+A checkpoint is a folder (Ray Train's unit), `<run dir>/checkpoint_epochNNNNNN/`, holding
+`state.pt`: the twin network (backbone + projector, without the DDP wrapper), the LARS state,
+the schedule position (optimizer step and completed epochs), the online probe's head and
+optimizer, and the configuration that made it; and that configuration again as `config.json`,
+a few kB that a resume checks without fetching the weights from a bucket. Only rank 0 writes
+it: under DDP every rank holds the same weights.
 
 The export is what evaluation and other code use: `backbone.pt`, a plain torchvision state dict
 (`torchvision.models.resnet50().load_state_dict(sd, strict=False)` reports only fc.* missing;
@@ -24,11 +25,12 @@ from torch import nn
 from harness import storage
 from harness.model import BarlowTwins, backbone_state_dict
 
-__all__ = ["STATE_FILE", "checkpoint_dir_name", "save_state", "load_state", "latest_checkpoint",
-           "checkpoint_part",
+__all__ = ["STATE_FILE", "CONFIG_FILE", "checkpoint_dir_name", "save_state", "load_state",
+           "saved_config", "latest_checkpoint", "checkpoint_part",
            "write_export", "export_checkpoint", "export_command"]
 
 STATE_FILE = "state.pt"
+CONFIG_FILE = "config.json"
 _PREFIX = "checkpoint_epoch"
 
 
@@ -46,7 +48,19 @@ def save_state(directory: Path | str, *, model: nn.Module, optimizer: torch.opti
     path = Path(directory) / STATE_FILE
     torch.save({"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
                 "probe": probe, "step": step, "epoch": epoch, "config": config}, path)
+    (path.parent / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     return path
+
+
+def saved_config(checkpoint: Path | str) -> dict:
+    """The configuration a checkpoint folder (a path or a URI) was made with: its config.json,
+    or, in a checkpoint written before there was one, the config inside state.pt (read
+    through mmap, so of a local file only the config's bytes; a URI's is fetched whole)."""
+    text = storage.read_text(storage.join(str(checkpoint), CONFIG_FILE))
+    if text is not None:
+        return json.loads(text)
+    with storage.local_copy(storage.join(str(checkpoint), STATE_FILE)) as state:
+        return torch.load(state, map_location="cpu", weights_only=True, mmap=True)["config"]
 
 
 def load_state(checkpoint: Path | str, map_location: torch.device | str = "cpu") -> dict:

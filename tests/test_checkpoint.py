@@ -5,8 +5,9 @@ import json
 import torch
 import torchvision
 
-from harness.checkpoint import (checkpoint_dir_name, export_checkpoint, latest_checkpoint,
-                                load_state, save_state)
+from harness import storage
+from harness.checkpoint import (CONFIG_FILE, STATE_FILE, checkpoint_dir_name, export_checkpoint,
+                                latest_checkpoint, load_state, save_state, saved_config)
 from harness.cli import main as cli_main
 from harness.model import BarlowTwins
 from harness.optim import LARS, param_groups
@@ -67,3 +68,26 @@ def test_export_of_a_checkpoint_folder(tmp_path):
     _, _, run_dir = _trained_state(tmp_path, stem=True)
     out = export_checkpoint(run_dir / checkpoint_dir_name(1), tmp_path / "e1")
     assert json.loads((out / "export.json").read_text())["step"] == 10
+
+
+def test_saved_config_of_a_stored_run_fetches_no_weights(tmp_path, monkeypatch):
+    """A resume checks the newest checkpoint's config before training (check_resume): from a
+    bucket that must be config.json's few kB, not state.pt (hundreds of MB for ResNet-50 with
+    LARS state). A checkpoint from before config.json existed falls back to state.pt."""
+    _, _, run_dir = _trained_state(tmp_path, stem=True)
+    uri = f"file://{tmp_path / 'bucket'}/run"
+    storage.upload(run_dir, uri)
+    newest = latest_checkpoint(uri)
+    assert storage.basename(newest) == checkpoint_dir_name(2)
+    fetched = []
+    for name in ("read_bytes", "download"):
+        real = getattr(storage, name)
+        monkeypatch.setattr(storage, name, lambda *a, _real=real, **k: (
+            fetched.append("/".join(map(str, a))), _real(*a, **k))[1])
+    assert saved_config(newest) == _config(stem=True)
+    assert fetched and not any(STATE_FILE in f for f in fetched), fetched
+
+    fetched.clear()
+    (tmp_path / "bucket" / "run" / checkpoint_dir_name(2) / CONFIG_FILE).unlink()
+    assert saved_config(newest) == _config(stem=True)
+    assert any(STATE_FILE in f for f in fetched), fetched

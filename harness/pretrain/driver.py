@@ -24,7 +24,7 @@ import torch  # noqa: E402
 from ray.train.torch import TorchTrainer  # noqa: E402
 
 from harness import storage  # noqa: E402
-from harness.checkpoint import STATE_FILE, latest_checkpoint  # noqa: E402
+from harness.checkpoint import latest_checkpoint, saved_config  # noqa: E402
 from harness.config import ConfigError, PretrainConfig, RunSettings  # noqa: E402
 from harness.provenance import record_provenance, usable_cpus  # noqa: E402
 from harness.pretrain.worker import train_loop  # noqa: E402
@@ -37,9 +37,7 @@ def check_resume(cfg: PretrainConfig) -> Path | str | None:
     newest = latest_checkpoint(cfg.run.run_location)
     if newest is None:
         return None
-    with storage.local_copy(storage.join(str(newest), STATE_FILE)) as state:
-        # mmap: only the small config is read, not the weights.
-        saved = torch.load(state, map_location="cpu", weights_only=True, mmap=True)["config"]
+    saved = saved_config(newest)  # a few kB: the weights stay where they are
     for key, value in saved["model"].items():
         if getattr(cfg.model, key) != value:
             raise ConfigError(
