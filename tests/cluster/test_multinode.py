@@ -15,14 +15,15 @@ simulated: the machines (the nodes share this one's CPUs, and its disk outside t
 folders) and the autoscaler (the test adds the replacement node). What is real: Ray's nodes
 and their processes, the S3 protocol, the SIGKILL of a node's raylet.
 
-- Placement does not change the math: 2 workers on 2 nodes (STRICT_SPREAD) take the same
-  per-step losses as 2 workers on one node (a local instance), same seed and data.
+- Node loss in pretraining: in a run of 2 workers on 2 nodes (STRICT_SPREAD), the node
+  holding rank 0 vanishes mid-epoch (its raylet and the processes it started SIGKILLed); a
+  replacement node joins; Ray Train restarts the worker group, which resumes from the newest
+  checkpoint in S3 (the new rank 0's node has never seen the run) and ends with each epoch
+  once.
+- Neither placement nor that loss changes the math: the run takes the same per-step losses as
+  2 workers on one node (a local instance) with nothing lost, same seed and data.
 - `harness export` and `harness eval` read that run from its URI.
 - A node that joined without the data set is named by the cluster check before any trial.
-- Node loss in pretraining: the node holding rank 0 vanishes mid-epoch (its raylet and the
-  processes it started SIGKILLed); a replacement node joins; Ray Train restarts the worker
-  group, which resumes from the newest checkpoint in S3 (the new rank 0's node has never seen
-  the run) and ends with each epoch once.
 - Node loss in a sweep stored in S3, both cases in one sweep of two trials: t0000 loses the
   node holding its own process (Tune's trial actor; Tune starts the trial again and it resumes
   from its checkpoint), t0001 a node holding only training workers (Ray Train resumes it
@@ -218,46 +219,78 @@ def _listing(uri: str) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def spread_run(cluster, s3, data_dir, tmp_path_factory) -> str:
-    """A 2-epoch run with one worker on each worker node; its URI."""
+def spread_run(cluster, s3, data_dir, tmp_path_factory) -> dict:
+    """A 2-epoch run with one worker on each worker node. Once epoch 1 is checkpointed in S3
+    and epoch 2 under way, the node holding rank 0 vanishes (its raylet and the processes it
+    started SIGKILLed) and a replacement joins: Ray Train restarts the worker group, which
+    resumes from the checkpoint in S3. Its URI, its output and what was lost, when."""
     from harness.storage import join
 
     uri = s3_uri(s3, "runs")
-    env = {**os.environ, "BT_STORAGE_CACHE": str(tmp_path_factory.mktemp("driver"))}
-    spread = run_tree(_args(data_dir, uri, "spread", "epochs=2",
-                            "workers.placement=STRICT_SPREAD")
-                      + ["--address", cluster.cluster.address], timeout=guard(90), env=env)
-    assert spread.returncode == 0, spread.stdout[-3000:]
-    return join(uri, "spread")
+    run = join(uri, "spread")
+    cmd = _args(data_dir, uri, "spread", "epochs=2", "workers.placement=STRICT_SPREAD") + \
+        ["--address", cluster.cluster.address]
+    out, rc, [(rank0, killed_at, killed)] = _run_with_losses(
+        cluster, cmd, [(run, _rank0_node(cluster, "spread"))],
+        tmp_path_factory.mktemp("spread"), fast_machine_s=60)
+    assert rc == 0, out[-4000:]
+    return {"uri": run, "out": out, "rank0": rank0, "killed_at": killed_at, "killed": killed}
 
 
-def test_placement_does_not_change_the_math(spread_run, cluster, s3, data_dir, tmp_path):
+def test_placement_and_node_loss_do_not_change_the_math(spread_run, cluster, s3, data_dir,
+                                                        tmp_path):
+    """The spread run, with its node loss and resume, takes the same per-step losses as the
+    same run with both workers on one node and nothing lost: the placement does not change
+    the math, and a resume from a checkpoint continues exactly (harness.pretrain.worker's
+    _seed_epoch: an epoch's data does not depend on how the run got there)."""
     from harness.pretrain.run_log import read_metrics
     from harness.storage import join
 
+    spread = spread_run["uri"]
     # The same run with both workers on one node: a local Ray instance of 2 CPUs.
     uri = s3_uri(s3, "runs")
     packed = run_tree(_args(data_dir, uri, "packed", "epochs=2"), timeout=guard(90),
                       env={**os.environ, "BT_STORAGE_CACHE": str(tmp_path / "driver")})
     assert packed.returncode == 0, packed.stdout[-3000:]
     packed_run = join(uri, "packed")
-    assert [m["workers/nodes"] for m in read_metrics(spread_run)] == [2, 2]
+    assert [m["workers/nodes"] for m in read_metrics(spread)] == [2, 2]
     assert [m["workers/nodes"] for m in read_metrics(packed_run)] == [1, 1]
-    a = _step_losses(spread_run, tmp_path / "a")
+    a = _step_losses(spread, tmp_path / "a")
     b = _step_losses(packed_run, tmp_path / "b")
     assert sorted(a) == list(range(1, 2 * STEPS_PER_EPOCH + 1)) == sorted(b)
     assert a == pytest.approx(b, rel=1e-5), {s: (a[s], b[s]) for s in a}
     assert a[1] != a[2]  # the losses move: equal because the math is, not because nothing ran
 
     # Everything the run made is in the bucket: the nodes share nothing else.
-    files = _listing(spread_run)
+    files = _listing(spread)
     for expected in ("metrics.jsonl", "launches.jsonl", "export/backbone.pt",
-                     "export/export.json", "checkpoint_epoch000002/state.pt"):
+                     "export/export.json", "checkpoint_epoch000002/state.pt",
+                     "checkpoint_epoch000002/config.json"):
         assert expected in files, sorted(files)
     assert any(f.startswith("tensorboard/events.out.tfevents") for f in files)
-    # Rank 0 worked in its own node's folder, not the driver's, and not on the head.
+
+
+def test_node_loss_resumes_from_s3_with_each_epoch_once(spread_run, cluster):
+    from harness.pretrain.run_log import read_metrics
+    from harness.storage import join, read_text
+
+    run, rank0 = spread_run["uri"], spread_run["rank0"]
+    assert len(spread_run["killed"]) >= 2  # the raylet and at least the Train worker it ran
+    assert "resuming spread at epoch 1, step 5" in spread_run["out"], spread_run["out"][-4000:]
+    metrics = read_metrics(run)
+    assert [(m["epoch"], m["step"]) for m in metrics] == \
+        [(e, e * STEPS_PER_EPOCH) for e in (1, 2)]
+    # Epoch 1's record is the first attempt's (kept, not trained again), epoch 2's came after.
+    assert metrics[0]["time"] < spread_run["killed_at"] < metrics[1]["time"]
+    # Rank 0 worked in its node's own folder, never the driver's or the head's. The new rank 0
+    # worked on a node that had never seen the run (the replacement, or the survivor, which
+    # held rank 1): it fetched epoch 1's record from S3 and went on from it.
     worked = _folders_with_run(cluster, "spread")
-    assert len(worked) == 1 and worked <= {"node-a", "node-b"}, worked
+    assert rank0 in worked and "head" not in worked and "driver" not in worked, worked
+    (new_rank0,) = worked - {rank0}
+    assert [m["epoch"] for m in read_metrics(_run_copy(cluster, new_rank0, "spread"))] == [1, 2]
+    launches = (read_text(join(run, "launches.jsonl")) or "").splitlines()
+    assert len(launches) == 1  # one command: Ray Train restarted the worker group itself
 
 
 def test_export_and_eval_read_the_run_from_s3(spread_run, cifar_prepared, tmp_path):
@@ -265,18 +298,19 @@ def test_export_and_eval_read_the_run_from_s3(spread_run, cifar_prepared, tmp_pa
     fetched; eval's records go to the run's eval/ in the bucket."""
     from harness.storage import join, read_text
 
-    exported = run_tree([str(HARNESS), "export", spread_run, "--out", str(tmp_path / "export")],
+    run = spread_run["uri"]
+    exported = run_tree([str(HARNESS), "export", run, "--out", str(tmp_path / "export")],
                         timeout=guard(20))
     assert exported.returncode == 0, exported.stdout
     info = json.loads((tmp_path / "export" / "export.json").read_text())
     assert (info["epoch"], info["step"]) == (2, 2 * STEPS_PER_EPOCH)
-    assert info["checkpoint"] == join(spread_run, "checkpoint_epoch000002")
-    evaluated = run_tree([str(HARNESS), "eval", spread_run, "--protocol", "knn", "--data",
+    assert info["checkpoint"] == join(run, "checkpoint_epoch000002")
+    evaluated = run_tree([str(HARNESS), "eval", run, "--protocol", "knn", "--data",
                           str(cifar_prepared), "--no-baseline", "--set", "knn_k=5"],
                          timeout=guard(30))
     assert evaluated.returncode == 0, evaluated.stdout
-    record = json.loads(read_text(join(spread_run, "eval", "knn.json")))
-    assert record["checkpoint"]["path"] == join(spread_run, "checkpoint_epoch000002")
+    record = json.loads(read_text(join(run, "eval", "knn.json")))
+    assert record["checkpoint"]["path"] == join(run, "checkpoint_epoch000002")
     assert 0 <= record["metrics"][f"val/{record['primary']}"] <= 1
 
 
@@ -368,32 +402,6 @@ def _wait_for(what, predicate, timeout: float, proc: subprocess.Popen):
         assert proc.poll() is None, f"the run ended before {what}: {proc.stdout.read()[-3000:]}"
         assert time.monotonic() < deadline, f"no {what} after {timeout:.0f} s"
         time.sleep(0.2)
-
-
-def test_node_loss_resumes_from_s3_with_each_epoch_once(cluster, s3, data_dir, tmp_path):
-    from harness.pretrain.run_log import read_metrics
-    from harness.storage import join, read_text
-
-    uri = s3_uri(s3, "runs")
-    run = join(uri, "lost")
-    cmd = _args(data_dir, uri, "lost", "epochs=2", "workers.placement=STRICT_SPREAD") + \
-        ["--address", cluster.cluster.address]
-    out, rc, [(rank0, killed_at, killed)] = _run_with_losses(
-        cluster, cmd, [(run, _rank0_node(cluster, "lost"))], tmp_path, fast_machine_s=60)
-    assert rc == 0, out[-4000:]
-    assert len(killed) >= 2  # the raylet and at least the Train worker it ran
-    assert "resuming lost at epoch 1, step 5" in out, out[-4000:]
-    metrics = read_metrics(run)
-    assert [(m["epoch"], m["step"]) for m in metrics] == \
-        [(e, e * STEPS_PER_EPOCH) for e in (1, 2)]
-    # Epoch 1's record is the first attempt's (kept, not trained again), epoch 2's came after.
-    assert metrics[0]["time"] < killed_at < metrics[1]["time"]
-    # The new rank 0 worked on a node that had never seen the run (the replacement, or the
-    # survivor, which held rank 1): it fetched epoch 1's record from S3 and went on from it.
-    (new_rank0,) = _folders_with_run(cluster, "lost") - {rank0}
-    assert [m["epoch"] for m in read_metrics(_run_copy(cluster, new_rank0, "lost"))] == [1, 2]
-    launches = (read_text(join(run, "launches.jsonl")) or "").splitlines()
-    assert len(launches) == 1  # one command: Ray Train restarted the worker group itself
 
 
 def _run_copy(cluster: _Cluster, node: str, name: str) -> Path:
