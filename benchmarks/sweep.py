@@ -12,6 +12,12 @@ reduction factor 2). For each it prints:
     runs pick the same best configuration by the sweep's metric.
 
     .venv/bin/python benchmarks/sweep.py [experiments/sweep_cifar10_demo.yaml] [--set key=value]
+
+With --against REV it compares code instead: the same sweep (FIFO) from this working tree and
+from git revision REV (a temporary worktree), taking turns for --rounds rounds, each run in
+fresh folders; --trials runs only those trials of the file (a trial's overhead, alone).
+
+    .venv/bin/python benchmarks/sweep.py --against d0fc73e --trials t0000 --rounds 2
 """
 
 import argparse
@@ -34,12 +40,15 @@ from harness.pretrain.run_log import read_metrics
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run(sweep_file: Path, storage: Path, sets: list[str]) -> dict:
+def run(sweep_file: Path, storage: Path, sets: list[str], tree: Path = REPO,
+        extra: tuple[str, ...] = ()) -> dict:
+    """One `harness sweep` of the code in `tree` (its harness first on every process's path)."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PYTHONPATH"] = str(tree)
     start_unix, start = time.time(), time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "harness.cli", "sweep", str(sweep_file),
-                           "--storage", str(storage), *[a for s in sets for a in ("--set", s)]],
-                          cwd=REPO, env=env, capture_output=True, text=True)
+                           "--storage", str(storage), *[a for s in sets for a in ("--set", s)],
+                           *extra], cwd=tree, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         sys.exit(f"sweep failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
@@ -64,7 +73,7 @@ def run(sweep_file: Path, storage: Path, sets: list[str]) -> dict:
                                             for s in ("ok", "stopped", "failed")},
         "train_compute_s": epochs_s, "trial_wall_s": wall_s,
         "ray_overhead": (wall_s - epochs_s - eval_proper) / wall_s if wall_s else None,
-        "eval_task_s": eval_task, "metric": metric,
+        "eval_stage_s": eval_task, "metric": metric,
         "best": best["params"] if best else None,
         "best_value": metric_value(best["evals"], metric) if best else None,
         "best_test_value": (metric_value(best["evals"], metric.replace("/val/", "/test/"))
@@ -72,13 +81,72 @@ def run(sweep_file: Path, storage: Path, sets: list[str]) -> dict:
     }
 
 
+def _median(values: list[float]) -> float:
+    values = sorted(values)
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
+def compare_revisions(sweep_file: Path, sets: list[str], rev: str, rounds: int,
+                      trials: list[str]) -> dict:
+    """The sweep from this tree and from `rev`, taking turns; medians per tree."""
+    from harness.provenance import git_revision
+    from harness.sweep.config import load_sweep
+
+    # Relative data folders resolve against this checkout, for both trees.
+    data = load_sweep(sweep_file, overrides=sets).trials[0].config.data.dir
+    sets = [f"data.dir={data}", *sets]
+    extra = ("--trials", *trials) if trials else ()
+    rows: dict[str, list[dict]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench_sweep_") as tmp:
+        tmp = Path(tmp)
+        old = tmp / "rev"
+        subprocess.run(["git", "worktree", "add", "--detach", str(old), rev], cwd=REPO,
+                       check=True, capture_output=True)
+        trees = {f"working tree ({git_revision()})": REPO, f"revision {rev}": old}
+        try:
+            for r in range(rounds):
+                for i, (label, tree) in enumerate(trees.items()):
+                    row = run(sweep_file, tmp / f"round{r}_{i}", sets, tree, extra)
+                    rows.setdefault(label, []).append(row)
+                    print(f"{label}, round {r + 1}: {json.dumps(row)}", flush=True)
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=REPO,
+                           capture_output=True)
+    print(f"\nsweep {sweep_file.name}{' ' + ' '.join(extra) if extra else ''}, --set {sets}; "
+          f"{rounds} rounds, taking turns; medians")
+    print(f"machine: {platform.processor() or platform.machine()}, {hardware()['cpus']} CPUs, "
+          f"load average {os.getloadavg()[0]:.1f} at the end; versions: {library_versions()}\n")
+    print("| code | wall s | to first step s | trials' wall s | of it evaluation s | "
+          "training epochs s | Ray overhead | wall vs " + list(trees)[1] + " |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    base = _median([r["wall_s"] for r in rows[list(trees)[1]]])
+    for label, runs in rows.items():
+        m = {k: _median([r[k] for r in runs]) for k in
+             ("wall_s", "first_step_s", "trial_wall_s", "eval_stage_s", "train_compute_s",
+              "ray_overhead")}
+        print(f"| {label} | {m['wall_s']:.0f} | {m['first_step_s']:.0f} | "
+              f"{m['trial_wall_s']:.0f} | {m['eval_stage_s']:.0f} | {m['train_compute_s']:.0f} | "
+              f"{100 * m['ray_overhead']:.0f}% | {m['wall_s'] / base:.2f} |")
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweep", nargs="?", default=str(REPO / "experiments" / "sweep_cifar10_demo.yaml"))
     parser.add_argument("--set", action="append", default=[], help="passed to every trial")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--against", metavar="REV", default=None,
+                        help="compare this working tree with git revision REV (FIFO both)")
+    parser.add_argument("--rounds", type=int, default=2, help="with --against")
+    parser.add_argument("--trials", nargs="+", default=[], help="with --against: these only")
     args = parser.parse_args()
     sweep_file = Path(args.sweep).resolve()
+    if args.against:
+        rows = compare_revisions(sweep_file, args.set, args.against, args.rounds, args.trials)
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows, indent=2))
+        return
     raw = yaml.safe_load(sweep_file.read_text())
     rows = {}
     with tempfile.TemporaryDirectory(prefix="bench_sweep_") as tmp:

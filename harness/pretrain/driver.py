@@ -26,6 +26,7 @@ from ray.train.torch import TorchTrainer  # noqa: E402
 from harness import storage  # noqa: E402
 from harness.checkpoint import latest_checkpoint, saved_config  # noqa: E402
 from harness.config import ConfigError, PretrainConfig, RunSettings  # noqa: E402
+from harness.evaluation.remote import EvalRequest, clear_outcome  # noqa: E402
 from harness.provenance import record_provenance, usable_cpus  # noqa: E402
 from harness.pretrain.worker import train_loop  # noqa: E402
 
@@ -86,12 +87,17 @@ def _storage(run: RunSettings) -> dict:
     return {"storage_path": path, "storage_filesystem": fs}
 
 
-def build_trainer(cfg: PretrainConfig, callbacks=()) -> TorchTrainer:
-    """The run's TorchTrainer: ScalingConfig from `workers`, RunConfig from `run`."""
+def build_trainer(cfg: PretrainConfig, callbacks=(),
+                  evaluate: EvalRequest | None = None) -> TorchTrainer:
+    """The run's TorchTrainer: ScalingConfig from `workers`, RunConfig from `run`; with
+    `evaluate`, the workers' last stage is that evaluation (harness.evaluation.remote)."""
     w = cfg.workers
+    if evaluate is not None:
+        clear_outcome(cfg.run.run_location)  # an earlier launch's is not this one's
     return TorchTrainer(
         train_loop,
-        train_loop_config={"config": cfg.to_dict()},
+        train_loop_config={"config": cfg.to_dict(),
+                           "evaluate": evaluate.to_dict() if evaluate else None},
         scaling_config=ray.train.ScalingConfig(
             num_workers=w.num_workers, use_gpu=w.use_gpu, placement_strategy=w.placement,
             resources_per_worker={"CPU": w.cpus_per_worker, **({"GPU": 1} if w.use_gpu else {})}),
@@ -106,12 +112,14 @@ def build_trainer(cfg: PretrainConfig, callbacks=()) -> TorchTrainer:
     )
 
 
-def pretrain(cfg: PretrainConfig, address: str | None = None, *,
-             check_data: bool = True) -> ray.train.Result:
+def pretrain(cfg: PretrainConfig, address: str | None = None, *, check_data: bool = True,
+             evaluate: EvalRequest | None = None) -> ray.train.Result:
     """Run (or resume) the pretraining run `cfg.run.name`; raises on a failed run.
 
     check_data=False: the caller has already checked cfg against its data set (load_config
-    does, unless told not to), so it is not read again here."""
+    does, unless told not to), so it is not read again here. evaluate: the run's workers then
+    evaluate its last checkpoint (read the records with harness.evaluation.remote.read_outcome).
+    """
     if check_data:
         cfg.check_data()
     if cfg.run.remote:
@@ -121,4 +129,4 @@ def pretrain(cfg: PretrainConfig, address: str | None = None, *,
         check_local_resources(cfg)
     with ray_session(address):
         record_launch(cfg, address)
-        return build_trainer(cfg).fit()
+        return build_trainer(cfg, evaluate=evaluate).fit()

@@ -15,6 +15,7 @@ GPU, float32 on CPU) and LARS are built in harness.pretrain.step, which needs no
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -35,6 +36,7 @@ from harness import storage
 from harness.checkpoint import checkpoint_dir_name, load_state, save_state, write_export
 from harness.config import PretrainConfig
 from harness.data.prepared import beton_path
+from harness.evaluation.remote import EvalRequest, evaluate_run
 from harness.model import BarlowTwins
 from harness.pretrain.probe import OnlineProbe
 from harness.pretrain.run_log import RunLog, duration
@@ -50,8 +52,14 @@ warnings.filterwarnings("ignore", message="torch.distributed.nn.functional.all_r
 
 
 def train_loop(loop_config: dict) -> None:
-    """Ray Train entry point: loop_config = {"config": PretrainConfig.to_dict()}."""
-    _Worker(PretrainConfig.from_dict(loop_config["config"])).run()
+    """Ray Train entry point: loop_config = {"config": PretrainConfig.to_dict(), "evaluate":
+    an EvalRequest as a dict, or None}: with a request, rank 0 evaluates the run's last
+    checkpoint after training (harness.evaluation.remote)."""
+    worker = _Worker(PretrainConfig.from_dict(loop_config["config"]))
+    trained = worker.run()
+    request = loop_config.get("evaluate")
+    if request and trained and worker.rank == 0:
+        worker.evaluate(EvalRequest.from_dict(request))
 
 
 def _sample(indices: np.ndarray, wanted: int | None, seed: int) -> np.ndarray:
@@ -195,7 +203,8 @@ class _Worker:
     def _module(self) -> BarlowTwins:
         return getattr(self.model, "module", self.model)
 
-    def run(self) -> None:
+    def run(self) -> bool:
+        """Train from the restored epoch to the last; False if the loss diverged."""
         if self.rank == 0 and self.global_step:
             log.info(f"resuming {self.cfg.run.name} at epoch {self.start_epoch}, "
                      f"step {self.global_step}")
@@ -209,7 +218,7 @@ class _Worker:
                 self.run_log.diverged(self.diverged, self.global_step)
                 ray.train.report({**metrics, "failed": self.diverged})
                 self.run_log.close()
-                return
+                return False
             if self.probe is not None:
                 metrics.update(self._evaluate_probe())
             metrics.update(self._memory())
@@ -226,6 +235,23 @@ class _Worker:
                          source=storage.join(self.cfg.run.run_location,
                                              checkpoint_dir_name(epochs)))
         self.run_log.close("export")
+        return True
+
+    def evaluate(self, request: EvalRequest) -> None:
+        """Rank 0, after the last checkpoint: the run's evaluation, in this process, on this
+        device, with the CPUs this node's workers held (the other ranks have finished)."""
+        # Done with: the loaders' buffers, the optimizer's state.
+        self.loader = self.eval_loader = self.train_step = self.optimizer = None
+        gc.collect()
+        local = ray.train.get_context().get_local_world_size()
+        threads = None if self.on_gpu else self.cfg.workers.cpus_per_worker * local
+        start = time.perf_counter()
+        outcome = evaluate_run(self.cfg.run.run_location, request, self.cfg.data.dir,
+                               device=self.device, threads=threads)
+        done = (f"{len(outcome['records'])} records" if outcome["error"] is None
+                else f"failed: {outcome['error']}")
+        log.info(f"evaluation ({', '.join(request.protocols)}): {done} in "
+                 f"{time.perf_counter() - start:.1f} s")
 
     def _train_epoch(self, epoch: int) -> dict:
         _seed_epoch(self.loader, self.cfg.seed, self.rank, epoch)

@@ -6,8 +6,9 @@
 Each trial is a Ray Train run driven from Ray Tune the Train V2 way: Tune runs `run_trial`, a
 function that builds the trial's TorchTrainer (harness.pretrain.driver.build_trainer) and
 forwards its per-epoch metrics to Tune (TuneReportCallback), which ASHA compares when a
-scheduler is set. After training, the trial evaluates its newest checkpoint in a Ray task on the
-CPUs or GPU its workers used (harness.evaluation.remote), and writes trials/<id>/trial.json.
+scheduler is set. After training, the trial's rank-0 worker evaluates its newest checkpoint in
+its own process, on the CPUs or GPU the workers used (harness.evaluation.remote), and the trial
+function writes trials/<id>/trial.json.
 
 Trials share the machine by resources. Tune gives a trial function one CPU by default; on a
 2-CPU machine two of them would hold both CPUs and their Train workers could never start. So
@@ -39,7 +40,8 @@ from ray import tune  # noqa: E402
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback  # noqa: E402
 
 from harness.config import ConfigError, PretrainConfig  # noqa: E402
-from harness.evaluation.remote import evaluate_in_ray  # noqa: E402
+from harness.evaluation.remote import (EvalRequest, EvaluationError,  # noqa: E402
+                                       evaluate_in_ray, read_outcome)
 from harness.evaluation.settings import EvalSettings  # noqa: E402
 from harness.pretrain.driver import (build_trainer, check_local_resources,  # noqa: E402
                                      record_launch)
@@ -89,9 +91,12 @@ def run_trial(config: dict) -> None:
 
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    settings = EvalSettings.from_dict(spec["eval_settings"])
+    request = EvalRequest.of(spec["protocols"], settings, spec["transfer"])
     start = time.perf_counter()
     try:
-        build_trainer(cfg, callbacks=[TuneReportCallback()]).fit()
+        # The trial's workers evaluate its last checkpoint after training (in the run's rank 0).
+        build_trainer(cfg, callbacks=[TuneReportCallback()], evaluate=request).fit()
     except ray.train.TrainingFailedError as err:
         return finish("failed", _reason(err))
     finally:
@@ -99,16 +104,12 @@ def run_trial(config: dict) -> None:
     diverged = read_divergence(run)
     if diverged:
         return finish("failed", diverged)
-    eval_start = time.perf_counter()
     try:
-        records = evaluate_in_ray(run, spec["protocols"], cfg.data.dir,
-                                  transfer_dirs=spec["transfer"],
-                                  settings=EvalSettings.from_dict(spec["eval_settings"]),
-                                  workers=cfg.workers)
-    except Exception as err:  # noqa: BLE001 - any evaluation error is this trial's result
-        return finish("failed", f"evaluation: {_reason(err)}")
-    timing["eval_s"] = time.perf_counter() - eval_start
-    finish("ok", evals={r["name"]: r for r in records})
+        outcome = read_outcome(run)
+    except EvaluationError as err:
+        return finish("failed", f"evaluation: {err}")
+    timing["eval_s"] = outcome["wall_s"]  # inside fit_s
+    finish("ok", evals={r["name"]: r for r in outcome["records"]})
 
 
 def _write_trial(run_dir: Path, storage_uri: str | None, record: dict) -> None:

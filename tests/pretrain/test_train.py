@@ -202,6 +202,22 @@ def test_pretrain_command_evaluates_its_run_last(local_ray, tiny_yaml, capsys):
     random_init = json.loads((run_dir / "eval" / "baseline" / "knn.json").read_text())
     assert (pretrained["init"], random_init["init"]) == ("pretrained", "random")
     assert pretrained["checkpoint"]["epoch"] == 1 and "val/k5_top1" in pretrained["metrics"]
+    # Rank 0 evaluated in its own process with both workers' CPUs (the other rank had ended),
+    # and measured what `harness eval` measures of the same checkpoint in this process.
+    assert pretrained["torch_threads"] == random_init["torch_threads"] == 2
+    from harness.evaluation.backbone import load_backbone
+    from harness.evaluation.runner import evaluate
+    from harness.evaluation.settings import EvalSettings
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        [reference] = evaluate(load_backbone(run_dir), ["knn"], pretrained["data"]["dir"],
+                               settings=EvalSettings(loader_workers=1, knn_k="5"))
+    finally:
+        torch.set_num_threads(threads)
+    assert reference["metrics"] == pretrained["metrics"]
+    assert reference["checkpoint"]["path"] == pretrained["checkpoint"]["path"]
 
 
 def test_pretrain_command_checks_eval_input_before_training(tiny_yaml, capsys):
