@@ -14,8 +14,9 @@ reduction factor 2). For each it prints:
     .venv/bin/python benchmarks/sweep.py [experiments/sweep_cifar10_demo.yaml] [--set key=value]
 
 With --against REV it compares code instead: the same sweep (FIFO) from this working tree and
-from git revision REV (a temporary worktree), taking turns for --rounds rounds, each run in
-fresh folders; --trials runs only those trials of the file (a trial's overhead, alone).
+from git revision REV (a temporary worktree), taking turns for --rounds rounds after --warmup
+untimed ones, each run in fresh folders; --trials runs only those trials of the file (a trial's
+overhead, alone).
 
     .venv/bin/python benchmarks/sweep.py --against d0fc73e --trials t0000 --rounds 2
 """
@@ -88,7 +89,7 @@ def _median(values: list[float]) -> float:
 
 
 def compare_revisions(sweep_file: Path, sets: list[str], rev: str, rounds: int,
-                      trials: list[str]) -> dict:
+                      trials: list[str], warmup: int = 1) -> dict:
     """The sweep from this tree and from `rev`, taking turns; medians per tree."""
     from harness.provenance import git_revision
     from harness.sweep.config import load_sweep
@@ -105,16 +106,20 @@ def compare_revisions(sweep_file: Path, sets: list[str], rev: str, rounds: int,
                        check=True, capture_output=True)
         trees = {f"working tree ({git_revision()})": REPO, f"revision {rev}": old}
         try:
-            for r in range(rounds):
+            # Round 0 is a warm-up, not counted: numba's disk cache is keyed by the source
+            # file's path, so the worktree's first run compiles the loader's kernels anew.
+            for r in range(warmup + rounds):
                 for i, (label, tree) in enumerate(trees.items()):
                     row = run(sweep_file, tmp / f"round{r}_{i}", sets, tree, extra)
-                    rows.setdefault(label, []).append(row)
-                    print(f"{label}, round {r + 1}: {json.dumps(row)}", flush=True)
+                    if r >= warmup:
+                        rows.setdefault(label, []).append(row)
+                    print(f"{label}, {'warm-up' if r < warmup else 'round'} {r + 1}: "
+                          f"{json.dumps(row)}", flush=True)
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=REPO,
                            capture_output=True)
     print(f"\nsweep {sweep_file.name}{' ' + ' '.join(extra) if extra else ''}, --set {sets}; "
-          f"{rounds} rounds, taking turns; medians")
+          f"{warmup} warm-up and {rounds} timed rounds, taking turns; medians")
     print(f"machine: {platform.processor() or platform.machine()}, {hardware()['cpus']} CPUs, "
           f"load average {os.getloadavg()[0]:.1f} at the end; versions: {library_versions()}\n")
     print("| code | wall s | to first step s | trials' wall s | of it evaluation s | "
@@ -139,11 +144,13 @@ def main() -> None:
     parser.add_argument("--against", metavar="REV", default=None,
                         help="compare this working tree with git revision REV (FIFO both)")
     parser.add_argument("--rounds", type=int, default=2, help="with --against")
+    parser.add_argument("--warmup", type=int, default=1, help="with --against: untimed rounds")
     parser.add_argument("--trials", nargs="+", default=[], help="with --against: these only")
     args = parser.parse_args()
     sweep_file = Path(args.sweep).resolve()
     if args.against:
-        rows = compare_revisions(sweep_file, args.set, args.against, args.rounds, args.trials)
+        rows = compare_revisions(sweep_file, args.set, args.against, args.rounds, args.trials,
+                                 args.warmup)
         if args.json:
             Path(args.json).write_text(json.dumps(rows, indent=2))
         return

@@ -22,8 +22,6 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-import ray
-
 from harness import storage
 from harness.config.schema import WorkersConfig
 from harness.evaluation.settings import EvalSettings
@@ -60,6 +58,19 @@ class EvalRequest:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def check(self, data_dir: Path | str, resolution: int) -> None:
+        """Everything this evaluation of a run training on `data_dir` at `resolution` will
+        read, checked before the run trains (data sets, subset lists, transfer targets)."""
+        from harness.config.schema import ConfigError
+        from harness.evaluation.runner import plan_inputs
+
+        settings = EvalSettings.from_dict(self.settings)
+        try:
+            plan_inputs(self.protocols, data_dir, transfer_dirs=self.transfer_dirs,
+                        settings=settings, resolution=settings.resolution or resolution)
+        except (ValueError, FileNotFoundError) as err:
+            raise ConfigError(str(err)) from None
 
     @classmethod
     def from_dict(cls, raw: dict) -> "EvalRequest":
@@ -121,6 +132,8 @@ def read_outcome(run_location: Path | str) -> dict:
 
 
 def _largest_node_cpus() -> int:
+    import ray
+
     return int(max((node["Resources"].get("CPU", 0) for node in ray.nodes() if node["Alive"]),
                    default=1))
 
@@ -139,6 +152,8 @@ def evaluate_in_ray(source: Path | str, protocols: Sequence[str], data_dir: Path
 
     init: "pretrained" (the checkpoint), "random" (its architecture, initial weights) or "both".
     """
+    import ray
+
     request = EvalRequest.of(protocols, settings, transfer_dirs, init)
     cpus = workers.cpus_per_worker * (1 if workers.use_gpu else workers.num_workers)
     # One task runs on one node: a CPU run whose workers spanned several nodes is evaluated

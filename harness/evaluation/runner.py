@@ -38,7 +38,7 @@ from harness.evaluation.linear import linear_fast, linear_paper
 from harness.evaluation.settings import EvalSettings, parse_protocols
 from harness.provenance import record_provenance
 
-__all__ = ["evaluate", "plan", "EvalPlan", "default_device"]
+__all__ = ["evaluate", "plan", "plan_inputs", "EvalPlan", "default_device"]
 
 
 def default_device() -> torch.device:
@@ -72,11 +72,20 @@ def _pretraining_digests(backbone: Backbone) -> set[str]:
 def plan(backbone: Backbone, protocols: Sequence[str] | str, data_dir: Path | str | None, *,
          transfer_dirs: Sequence[Path | str] = (), settings: EvalSettings) -> EvalPlan:
     """Check every input of an evaluation; raises ValueError / FileNotFoundError."""
-    protocols = parse_protocols(protocols)
     resolution = settings.resolution or backbone.resolution
     if resolution is None:
         raise ValueError("the checkpoint does not record its training resolution: set "
                          "eval.resolution (--resolution)")
+    return plan_inputs(protocols, data_dir, transfer_dirs=transfer_dirs, settings=settings,
+                       resolution=resolution, pretraining=_pretraining_digests(backbone))
+
+
+def plan_inputs(protocols: Sequence[str] | str, data_dir: Path | str | None, *,
+                transfer_dirs: Sequence[Path | str] = (), settings: EvalSettings,
+                resolution: int, pretraining: set[str] = frozenset()) -> EvalPlan:
+    """plan() before there is a backbone (a run about to train): `pretraining` holds the
+    source digests of the data set it trains on (none: `data_dir` is it)."""
+    protocols = parse_protocols(protocols)
     in_domain = [p for p in protocols if p != "transfer"]
     if in_domain and data_dir is None:
         raise ValueError(f"protocols {in_domain} evaluate on a data set: give --data DIR")
@@ -89,7 +98,6 @@ def plan(backbone: Backbone, protocols: Sequence[str] | str, data_dir: Path | st
         if not transfer_dirs:
             raise ValueError("the transfer protocol needs at least one other data set: give "
                              "--transfer DIR (a `harness prep` folder)")
-        pretraining = _pretraining_digests(backbone)
         if not pretraining and data is not None:
             pretraining = source_digests(data.manifest)  # no training config: --data is it
         for directory in transfer_dirs:

@@ -13,6 +13,7 @@ import ray.train  # noqa: E402
 from harness import storage  # noqa: E402
 from harness.config import ConfigError, PretrainConfig, load_config  # noqa: E402
 from harness.evaluation.remote import EvalRequest, EvaluationError, read_outcome  # noqa: E402
+from harness.evaluation.settings import parse_protocols  # noqa: E402
 from harness.pretrain.driver import pretrain  # noqa: E402
 from harness.pretrain.run_log import read_divergence  # noqa: E402
 
@@ -53,21 +54,17 @@ def pretrain_command(args: argparse.Namespace) -> int:
 
 
 def _eval_request(cfg: PretrainConfig, args: argparse.Namespace) -> EvalRequest:
-    """What `--eval` asks the run's workers to evaluate, with the data set checked against it
-    now: the run's checkpoint and a random-init backbone of its architecture."""
+    """What `--eval` asks the run's workers to evaluate, every input checked now: the run's
+    checkpoint and a random-init backbone of its architecture."""
     from harness.evaluation.command import settings_from
-    from harness.evaluation.data import EvalData
-    from harness.evaluation.settings import parse_protocols
 
     protocols = parse_protocols(args.eval)
-    settings = settings_from(None, args.eval_set)
-    data = EvalData.open(cfg.data.dir, settings, settings.resolution or cfg.data.resolution)
-    if "semi" in protocols:
-        for subset in settings.semi_subset_names():
-            data.subset_indices(subset)
     if "transfer" in protocols and not args.eval_transfer:
         raise ConfigError("--eval transfer: give the other data sets with --eval-transfer DIR")
-    return EvalRequest.of(protocols, settings, args.eval_transfer, init="both")
+    request = EvalRequest.of(protocols, settings_from(None, args.eval_set), args.eval_transfer,
+                             init="both")
+    request.check(cfg.data.dir, cfg.data.resolution)
+    return request
 
 
 def _write_evaluation(cfg: PretrainConfig) -> int:

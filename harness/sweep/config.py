@@ -312,6 +312,20 @@ def _eval_names(protocols: tuple[str, ...], settings: EvalSettings) -> list[str]
     return [n for p in protocols for n in names[p]]
 
 
+def _check_evaluation(trials: list, protocols: tuple[str, ...], transfer: tuple[str, ...],
+                      settings: EvalSettings) -> None:
+    """What every trial's evaluation will read, before any trial trains."""
+    from harness.evaluation.remote import EvalRequest
+
+    request = EvalRequest.of(protocols, settings, transfer)
+    for data_dir, resolution in sorted({(t.config.data.dir, t.config.data.resolution)
+                                        for t in trials}):
+        try:
+            request.check(data_dir, resolution)
+        except ConfigError as err:
+            raise ConfigError(f"evaluate: {err}") from None
+
+
 def _check_metric(metric: Any, protocols: tuple[str, ...], settings: EvalSettings) -> str | None:
     """The report's `metric`: "<eval>/val/<measure>" of an evaluation this sweep runs."""
     if metric is None:
@@ -543,6 +557,8 @@ def load_sweep(path: Path | str, *, name: str | None = None, storage_path: str |
                           f"trials' {last} epochs: ASHA stops a trial only after its grace period "
                           "and before its last epoch, so it would never stop one; lower "
                           "grace_period, raise epochs, or drop the scheduler section")
+    if check_data:
+        _check_evaluation(trials, ev.protocols, ev.transfer, settings)
     reference = _check_reference(spec.reference, space, trials, experiment, fixed)
     return SweepConfig(path, name, experiment, run_dir, storage_uri, fixed, search.mode, space,
                        search.seeds, search.num_samples, search.seed, ev.protocols,

@@ -119,8 +119,10 @@ def test_metric_names_an_evaluation_of_the_sweep(tmp_path, cifar_prepared, metri
                        .replace(")", r"\)")):
         load_sweep(_write(tmp_path, cifar_prepared, metric=metric,
                           evaluate={"protocols": ["linear", "knn"]}))
+    # (check_data=False: this file names no transfer data set, which loading refuses)
     transfer = load_sweep(_write(tmp_path, cifar_prepared, metric="transfer-tiny/val/top1",
-                                 evaluate={"protocols": ["linear", "semi", "transfer"]}))
+                                 evaluate={"protocols": ["linear", "semi", "transfer"]}),
+                          check_data=False)
     assert transfer.metric == "transfer-tiny/val/top1"
 
 
@@ -253,3 +255,28 @@ def test_eval_set_and_trials_are_checked_before_ray_starts(tmp_path, cifar_prepa
     assert "--trials t0042: no such trial in sweep.yaml; it has t0000 .. t0007" in \
         capsys.readouterr().err
     assert not (tmp_path / "sweeps").exists()
+
+
+@pytest.mark.parametrize("evaluate, message", [
+    ({"protocols": ["semi"], "settings": {"semi_subsets": "5pct"}},
+     r"evaluate: .*no label subset '5pct'"),
+    ({"protocols": ["transfer"], "transfer": ["SELF"]},
+     r"evaluate: .* was prepared from the same images as the pretraining data set"),
+    ({"protocols": ["linear", "transfer"], "transfer": ["MISSING"]},
+     r"evaluate: .*missing does not exist: give a folder written by `harness prep`"),
+])
+def test_what_the_trials_evaluate_on_is_checked_before_any_trains(tmp_path, cifar_prepared,
+                                                                  capsys, evaluate, message):
+    """The evaluation runs after each trial has trained: its data sets are read now."""
+    from harness.cli import main
+
+    evaluate = {**evaluate, "transfer": [{"SELF": str(cifar_prepared),
+                                          "MISSING": str(tmp_path / "missing")}[d]
+                                         for d in evaluate.get("transfer", [])]}
+    path = _write(tmp_path, cifar_prepared, evaluate=evaluate, metric=None)
+    with pytest.raises(ConfigError, match=message):
+        load_sweep(path)
+    assert main(["sweep", str(path)]) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "sweeps").exists()
+    load_sweep(path, check_data=False)  # the file itself is fine
