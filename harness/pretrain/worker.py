@@ -105,16 +105,24 @@ class _Worker:
         self.cfg = cfg
         self.run_dir = cfg.run.run_dir
         self.diverged: str | None = None
+        # Where this worker's start-up went, reported with its first epoch (time/startup/*).
+        self.startup = {"before_training_fn": time.time() - _process_started()}
+        lap = _Laps(self.startup)
         self._set_up_process()
+        lap("set_up")
         state = self._restore()
+        lap("restore")
         self.global_step = state["step"] if state else 0
         self.start_epoch = state["epoch"] if state else 0
         data_dir = Path(cfg.data.dir)
         manifest = read_manifest(data_dir)
         training = cfg.data.training_part(manifest)
         self._build_loaders(data_dir, manifest, training)
+        lap("loaders")
         self._build_model(state, num_classes=len(manifest["classes"]))
+        lap("model")
         self._open_run_log(data_dir, training.split)
+        lap("run_log")
 
     def _set_up_process(self) -> None:
         ctx = ray.train.get_context()
@@ -211,6 +219,12 @@ class _Worker:
         epoch_times: list[float] = []
         for epoch in range(self.start_epoch, self.cfg.epochs):
             metrics = self._train_epoch(epoch)
+            if epoch == self.start_epoch:  # this worker group's first: its start-up with it
+                self.startup["first_step"] = metrics["time/epoch_first_step_s"]
+                metrics.update({f"time/startup/{k}_s": v for k, v in self.startup.items()})
+                if self.rank == 0:
+                    log.info("start-up: " + ", ".join(f"{k.replace('_', ' ')} {v:.1f} s"
+                                                      for k, v in self.startup.items()))
             if self.diverged:
                 # Reported, not raised: a restart from the last checkpoint would diverge again.
                 if self.rank == 0:
@@ -259,6 +273,7 @@ class _Worker:
         sums = torch.zeros(4, device=self.device)  # total, on_diag, off_diag, probe loss
         steps = 0
         first_step_at = None
+        first_step_s = 0.0
         log_every = self.cfg.run.log_every_steps
         start = time.perf_counter()
         batches = TimedBatches(self.loader)
@@ -278,6 +293,8 @@ class _Worker:
                 torch.cuda.synchronize(self.device)
             self.global_step += 1
             steps += 1
+            if steps == 1:  # the loader's compile and first batch, the first step's own work
+                first_step_s = time.perf_counter() - start
             if self.global_step == 1:  # benchmarks/sweep.py: command to first step
                 first_step_at = time.time()
             self._maybe_exit_for_test()
@@ -295,6 +312,7 @@ class _Worker:
             "throughput/images_per_s": images / elapsed,
             "throughput/images_per_s_per_worker": images / elapsed / self.world,
             "time/epoch_s": elapsed,
+            "time/epoch_first_step_s": first_step_s if steps else elapsed,
             "time/data_wait_fraction": batches.waited / elapsed,
             "workers/nodes": self.nodes,
             **({"probe/train_loss": means[3]} if self.probe is not None else {}),
@@ -343,6 +361,26 @@ class _Worker:
         storage.write_text(marker, f"rank {self.rank} exited at step {target}\n")
         log.warning(f"debug_exit_at_step={target}: rank {self.rank} exits now")
         os._exit(1)
+
+
+def _process_started() -> float:
+    """This process's start (Unix time): what came before the training function (the
+    process's start by Ray, its imports, Train's set-up of it) counts to the start-up."""
+    import psutil  # a dependency of ray[default]
+
+    return psutil.Process().create_time()
+
+
+class _Laps:
+    """Seconds since the previous lap, under each lap's name, into `into`."""
+
+    def __init__(self, into: dict):
+        self.into, self.last = into, time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        self.into[name] = now - self.last
+        self.last = now
 
 
 def _summary(m: dict, epochs: int) -> str:

@@ -151,6 +151,21 @@ def test_tensorboard_has_every_metric_once_per_step(killed_run):
     assert EPOCH_TAGS <= lines  # metrics.jsonl holds the same names
 
 
+def test_each_worker_group_reports_where_its_start_up_went(resumed_run):
+    """The first epoch of each worker group (the first, the one Ray started after the kill,
+    the resumed run's) carries its start-up by stage; the others do not."""
+    metrics = resumed_run["metrics"]
+    stages = ("before_training_fn", "set_up", "restore", "loaders", "model", "run_log",
+              "first_step")
+    assert [m["epoch"] for m in metrics if "time/startup/loaders_s" in m] == [1, 2, 4]
+    for m in metrics:
+        if m["epoch"] in (1, 2, 4):
+            assert all(m[f"time/startup/{s}_s"] >= 0 for s in stages), m
+            assert m["time/startup/first_step_s"] == m["time/epoch_first_step_s"]
+            assert m["time/startup/before_training_fn_s"] > 0  # a fresh process's imports
+        assert 0 < m["time/epoch_first_step_s"] <= m["time/epoch_s"]
+
+
 def test_a_resumed_run_starts_at_the_saved_step(resumed_run):
     cfg, result = resumed_run["cfg"], resumed_run["result"]
     assert result.metrics["epoch"] == 4 and result.metrics["step"] == 20
