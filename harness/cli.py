@@ -199,7 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sweep", help="a Ray Tune sweep of pretraining configs, each trial "
                                      "evaluated")
-    p.add_argument("config", help="a sweep file, e.g. experiments/sweep_cifar10_demo.yaml")
+    p.add_argument("config", nargs="+",
+                   help="a sweep file, e.g. experiments/sweep_cifar10_demo.yaml; several run one "
+                        "after another on one Ray instance (experiments/ablations/*.yaml: the "
+                        "paper's ablations)")
     p.add_argument("--verbose", action="store_true",
                    help="also show the workers' output and Ray's own messages (by default "
                         "they go to RUN_DIR/logs; the console shows one line per trial event)")
@@ -212,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="set an evaluation setting over the file's evaluate.settings, e.g. "
                         "linear_mode=fast; repeatable")
     p.add_argument("--trials", nargs="+", metavar="ID", default=None,
-                   help="run only these trials of the file (e.g. t0000 for a smoke run); the "
+                   help="run only these trials of each file (e.g. t0000 for a smoke run); the "
                         "others stay to run later")
     p.add_argument("--name", default=None, help="sweep name (default: the file's `name`)")
     p.add_argument("--storage", default=None, help="folder of sweeps (default: the file's "

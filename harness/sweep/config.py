@@ -479,10 +479,13 @@ def point_key(value: Any) -> str:
 def load_sweep(path: Path | str, *, name: str | None = None, storage_path: str | None = None,
                overrides: list[str] | tuple[str, ...] = (),
                eval_overrides: list[str] | tuple[str, ...] = (),
-               check_data: bool = True) -> SweepConfig:
+               check_data: bool = True, only: list[str] | None = None) -> SweepConfig:
     """Read and check a sweep file; every trial's pretraining config is validated (and, with
     check_data, against its prepared data set). overrides: `--set` KEY=VALUE of every trial's
-    pretraining config; eval_overrides: `--eval-set` KEY=VALUE over evaluate.settings."""
+    pretraining config; eval_overrides: `--eval-set` KEY=VALUE over evaluate.settings.
+    only: the trial ids this run will train (`--trials`): an unknown one is refused, and only
+    these are checked against the data (the others are checked when a run trains them: a smoke
+    run of one small trial needs no data set large enough for the file's largest batch)."""
     path = Path(path).resolve()
     raw = read_yaml(path)  # a sweep file may start from another with `base:`, too
     spec = build_section(SweepFile, raw, "")
@@ -530,6 +533,13 @@ def load_sweep(path: Path | str, *, name: str | None = None, storage_path: str |
     trials = []
     space = search.space
     points = _points(search.mode, space, search.num_samples, search.seed)
+    count = len(points) * len(search.seeds)
+    if only:
+        ids = [f"t{i:04d}" for i in range(count)]
+        unknown = [i for i in only if i not in ids]
+        if unknown:
+            raise ConfigError(f"--trials {unknown[0]}: no such trial in {path.name}; it has "
+                              f"{ids[0]} .. {ids[-1]}")
     for seed in search.seeds:
         for point in points:
             trial_id = f"t{len(trials):04d}"
@@ -544,7 +554,7 @@ def load_sweep(path: Path | str, *, name: str | None = None, storage_path: str |
                                  else str(run_dir / "trials" / trial_id))
                 cfg = load_config(experiment, values=values, name="pretrain",
                                   storage_path=trial_storage,
-                                  check_data=check_data)
+                                  check_data=check_data and (not only or trial_id in only))
             except ConfigError as err:
                 raise ConfigError(f"trial {trial_id} ({params}): {err}") from None
             trials.append(TrialSpec(trial_id, params, cfg))
@@ -558,7 +568,8 @@ def load_sweep(path: Path | str, *, name: str | None = None, storage_path: str |
                           "and before its last epoch, so it would never stop one; lower "
                           "grace_period, raise epochs, or drop the scheduler section")
     if check_data:
-        _check_evaluation(trials, ev.protocols, ev.transfer, settings)
+        _check_evaluation([t for t in trials if not only or t.trial_id in only], ev.protocols,
+                          ev.transfer, settings)
     reference = _check_reference(spec.reference, space, trials, experiment, fixed)
     return SweepConfig(path, name, experiment, run_dir, storage_uri, fixed, search.mode, space,
                        search.seeds, search.num_samples, search.seed, ev.protocols,

@@ -343,11 +343,42 @@ def run_sweep(sweep: SweepConfig, *, address: str | None = None, resume: bool = 
 
 
 def sweep_command(args: argparse.Namespace) -> int:
+    """`harness sweep FILE [FILE ...]`: each file a sweep of its own, one after another on one
+    Ray instance (the whole ablation suite in one command). Every file, and the trials that
+    will run, is checked before any trains; `--trials` names trials of every file."""
+    paths = args.config if isinstance(args.config, list) else [args.config]
+    if args.name and len(paths) > 1:
+        raise ConfigError(f"--name {args.name}: names one sweep, but {len(paths)} files are "
+                          "given (each keeps its own name); run them one at a time, or drop "
+                          "--name")
+    sweeps = [load_sweep(path, name=args.name, storage_path=args.storage,
+                         overrides=args.set or [], eval_overrides=args.eval_set or [],
+                         only=args.trials) for path in paths]
+    twice = [d for d in {s.run_dir for s in sweeps} if sum(s.run_dir == d for s in sweeps) > 1]
+    if twice:
+        raise ConfigError(f"two of the files are one sweep in {twice[0]} (the same name): give "
+                          "each file its own `name`")
+    local = args.address is None
+    slots = max(_local_concurrency(s) for s in sweeps) if local else None
+    # One instance for all: each sweep's run_sweep joins it (harness.ray_runtime.ray_session).
+    with ray_session(args.address, resources={SLOT: slots} if local else None,
+                     log_to_driver=args.verbose):
+        codes = []
+        for sweep in sweeps:
+            code = _one_sweep(sweep, args)
+            if code == 130:
+                return code
+            codes.append(code)
+    if len(sweeps) > 1:
+        print("harness sweep: " + "; ".join(
+            f"{s.name} {'ok' if c == 0 else 'no trial ok'}" for s, c in zip(sweeps, codes)))
+    return max(codes)
+
+
+def _one_sweep(sweep: SweepConfig, args: argparse.Namespace) -> int:
     from harness.results.report import load_report, text, write_report
     from harness.results.layout import report_dir
 
-    sweep = load_sweep(args.config, name=args.name, storage_path=args.storage,
-                       overrides=args.set or [], eval_overrides=args.eval_set or [])
     start = time.perf_counter()
     try:
         trials = run_sweep(sweep, address=args.address, resume=args.resume,

@@ -257,6 +257,44 @@ def test_eval_set_and_trials_are_checked_before_ray_starts(tmp_path, cifar_prepa
     assert not (tmp_path / "sweeps").exists()
 
 
+def test_only_the_trials_a_run_trains_are_checked_against_the_data(cifar_prepared):
+    """--trials: a smoke run of batch_size.yaml's batch-256 trial on 360 images; the file's
+    4096 needs more images than the data set has, and is refused as soon as a run trains it."""
+    path = ABLATIONS / "batch_size.yaml"
+    overrides = [f"data.dir={cifar_prepared}", "data.subset=null"]
+    sweep = load_sweep(path, overrides=overrides, only=["t0001"])
+    assert len(sweep.trials) == 18 and sweep.trials[1].config.batch_size == 256
+    with pytest.raises(ConfigError, match=r"trial t0005 .*fewer than its batch of 4096"):
+        load_sweep(path, overrides=overrides, only=["t0001", "t0005"])
+    with pytest.raises(ConfigError, match=r"trial t0002 .*fewer than its batch of 512"):
+        load_sweep(path, overrides=overrides)  # every trial: the first too large is named
+    with pytest.raises(ConfigError, match=r"--trials t0018: no such trial in batch_size.yaml; "
+                                          r"it has t0000 .. t0017"):
+        load_sweep(path, overrides=overrides, only=["t0018"])
+
+
+def test_several_files_are_all_checked_before_any_runs(tmp_path, cifar_prepared, capsys):
+    from harness.cli import main
+
+    good = _write(tmp_path, cifar_prepared)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(good.read_text().replace("name: s", "name: b")
+                   .replace("loss.lambd:", "loss.lambda:"))
+    assert main(["sweep", str(good), str(bad)]) == 2
+    assert "loss.lambda" in capsys.readouterr().err
+    # --name names one sweep; two files of one name would write one folder.
+    assert main(["sweep", str(good), str(ABLATIONS / "lambda.yaml"), "--name", "x"]) == 2
+    assert "--name x: names one sweep, but 2 files are given" in capsys.readouterr().err
+    same = tmp_path / "same.yaml"
+    same.write_text(good.read_text())
+    assert main(["sweep", str(good), str(same)]) == 2
+    assert "two of the files are one sweep in" in capsys.readouterr().err
+    assert main(["sweep", str(good), str(ABLATIONS / "lambda.yaml"), "--trials", "t0012"]) == 2
+    assert "--trials t0012: no such trial in sweep.yaml; it has t0000 .. t0007" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "sweeps").exists()
+
+
 @pytest.mark.parametrize("evaluate, message", [
     ({"protocols": ["semi"], "settings": {"semi_subsets": "5pct"}},
      r"evaluate: .*no label subset '5pct'"),
