@@ -10,6 +10,12 @@ ToTorchImage; CIFAR-10 test split, 32 px, batch 256) with each flip operation:
   - harness + reader: the same, with FFCV's sample reader from numba's disk cache too
     (harness.data.ffcv_reader, which every harness loader uses) instead of compiled per loader;
   - none: the decoder alone (what the flip adds is the difference).
+It measures a short-lived loader compiled and uncompiled (harness.data.loaders.interpreted:
+FFCV's pure-Python mode): the eval loader and the one-decode two-view loader (CIFAR views,
+photometric ops in the pipeline), one FFCV thread, batch 200, from building the loader to the
+end of its first pass over N images, then a second pass (no compile in it: the per-image cost
+alone); the compile is the first pass less the second, and the crossover is the image count at
+which the uncompiled loader's extra cost per image adds up to that compile.
 It also measures what importing ffcv costs a process (torch imported before the clock starts),
 FFCV's own import against the one harness.ffcv_import gives any process that imports harness
 first. Each measurement is a fresh Python process (imports done before the clock starts), so nothing
@@ -23,6 +29,7 @@ the median over the warm rounds, and round 0 apart. Run from the repository root
 """
 
 import argparse
+import itertools
 import json
 import os
 import shutil
@@ -86,6 +93,43 @@ print(json.dumps({"cpu": cpu() - c0, "wall": time.perf_counter() - t0}))
 """
 IMPORTS = ("ffcv", "harness")
 
+# argv: .beton, kind (eval | two-view), mode (compiled | uncompiled), images. One JSON line.
+_PASS_CHILD = r"""
+import json, os, resource, sys, time
+import numpy as np
+import harness
+from harness.data import CIFAR_VIEWS
+from harness.data.loaders import eval_loader, two_view_loader
+
+def cpu():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+path, kind, mode, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+passes = 1 if mode == "uncompiled" else None   # one pass: within INTERPRET_UP_TO
+options = dict(batch_size=200, resolution=32, num_workers=1, indices=np.arange(n),
+               distributed=False, passes=passes)
+c0, t0 = cpu(), time.perf_counter()
+if kind == "two-view":
+    loader = two_view_loader(path, views=CIFAR_VIEWS, **options)
+    assert loader.interpreted == (mode == "uncompiled")
+    one_pass = loader.uint8_batches
+else:
+    loader = eval_loader(path, **options)
+    one_pass = loader.__iter__
+out = {}
+for name in ("first", "second"):
+    for _ in one_pass():
+        pass
+    out[name] = {"cpu": cpu() - c0, "wall": time.perf_counter() - t0}
+    c0, t0 = cpu(), time.perf_counter()
+print(json.dumps(out), flush=True)
+os._exit(0)
+"""
+PASS_KINDS = ("eval", "two-view")
+PASS_MODES = ("compiled", "uncompiled")
+PASS_IMAGES = (1000, 10000)
+
 
 def prepared_cifar(datasets: Path, work: Path) -> Path:
     """CIFAR-10's test split (10,000 images) through `harness prep`, raw pixels."""
@@ -128,11 +172,16 @@ def main() -> int:
         cache = work / "numba-cache"  # empty: round 0 is a first process on a machine
         rounds = {v: [] for v in VARIANTS}
         imports = {v: [] for v in IMPORTS}
+        passes = {key: [] for key in itertools.product(PASS_KINDS, PASS_IMAGES, PASS_MODES)}
         for r in range(args.rounds + 1):
             for variant in VARIANTS:
                 rounds[variant].append(measure(beton, variant, cache))
             for variant in IMPORTS:
                 imports[variant].append(_child(_IMPORT_CHILD, [variant], cache))
+            for key in passes:  # the two modes of a loader and size back to back
+                kind, images, mode = key
+                passes[key].append(_child(_PASS_CHILD, [str(beton), kind, mode, str(images)],
+                                          cache))
             print(f"round {r}: " + ", ".join(f"{v} {rounds[v][-1]['cpu']:.1f} s CPU"
                                               for v in VARIANTS), file=sys.stderr)
     finally:
@@ -161,6 +210,23 @@ def main() -> int:
         wall = statistics.median(m["wall"] for m in imports[variant][1:])
         name = {"ffcv": "FFCV's own", "harness": "through harness.ffcv_import"}[variant]
         print(f"| {name} | {cpu:.1f} | {wall:.1f} | {cpu / base:.2f} |")
+    print(f"\nA short-lived loader compiled and uncompiled (FFCV's pure-Python mode): build and "
+          f"first pass, then a second pass; one FFCV thread, batch 200, 32 px; CPU seconds, "
+          f"median of {args.rounds} warm rounds\n")
+    print("| loader | images | compiled: build + pass | uncompiled: build + pass | uncompiled "
+          "vs compiled | second pass, compiled | second pass, uncompiled | compile | crossover "
+          "(images) |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for kind, images in itertools.product(PASS_KINDS, PASS_IMAGES):
+        m = {mode: {part: statistics.median(r[part]["cpu"] for r in passes[kind, images, mode][1:])
+                    for part in ("first", "second")} for mode in PASS_MODES}
+        compiled, uncompiled = m["compiled"], m["uncompiled"]
+        compile_s = compiled["first"] - compiled["second"]
+        extra = (uncompiled["second"] - compiled["second"]) / images
+        crossover = f"{compile_s / extra:,.0f}" if extra > 0 else "never"
+        print(f"| {kind} | {images:,} | {compiled['first']:.2f} | {uncompiled['first']:.2f} | "
+              f"{uncompiled['first'] / compiled['first']:.2f} | {compiled['second']:.2f} | "
+              f"{uncompiled['second']:.2f} | {compile_s:.2f} | {crossover} |")
     return 0
 
 

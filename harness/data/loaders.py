@@ -14,6 +14,21 @@ torch process group, every rank reads its own shard.
 Every loader, on either path, normalises with the channel mean and std that `harness prep`
 measured on its data set's training images: `dataset_normalization` reads them from the
 manifest.json beside the .beton, the one place that decides.
+
+A loader that will decode few images runs FFCV's pipeline without compiling it: FFCV's own
+pure-Python mode (its Compiler disabled while the Loader is built, which is when FFCV
+compiles), in which the decoding and resizing still run in FFCV's C code and our operations'
+kernels stay compiled (numba's disk cache); only the per-image glue runs as Python. That skips
+the pipeline's compile, 1.3-2.5 s of CPU per loader and process at 32 px on a 2-core EPYC, for
+0.02-0.05 ms more per image:
+`interpreted` takes it where a loader with one decoding thread (where Python loses no
+parallelism) decodes at most INTERPRET_UP_TO images in its life (its shard times its passes),
+below where the two costs meet (benchmarks/loader_startup.py). Which loaders: the eval loader
+(no random draws) and the one-decode two-view loader (its crops seeded per sample: the same
+batches either way, tests/data/test_loaders.py: uncompiled, its per-sample reseeding goes to
+numpy's global generator, which nothing else in the harness draws from); FFCV's own
+random-resized-crop decoder draws from numba's unseeded generator when compiled and from numpy's
+global one when not, so the loaders built on it (labelled, per-view) always compile.
 """
 
 import os
@@ -33,6 +48,7 @@ from ffcv.fields.basics import IntDecoder
 from ffcv.fields.rgb_image import CenterCropRGBImageDecoder, RandomResizedCropRGBImageDecoder
 from ffcv.loader import Loader, OrderOption
 from ffcv.pipeline import PipelineSpec
+from ffcv.pipeline.compiler import Compiler
 from ffcv.transforms import Squeeze, ToDevice, ToTensor, ToTorchImage
 
 from .augment import BatchAugment, ViewAugment, normalize
@@ -153,16 +169,44 @@ class _LoaderSpec:
     def label_pipeline(self) -> list:
         return [IntDecoder(), ToTensor(), Squeeze(), ToDevice(self.device, non_blocking=True)]
 
+    def images(self, distributed: bool) -> int:
+        """How many images one pass of this loader decodes on this rank."""
+        if self.indices is not None:
+            count = len(self.indices)
+        else:
+            from ffcv.reader import Reader
+            count = int(Reader(str(self.path)).num_samples)
+        return -(-count // _world()[1]) if distributed else count
+
     def build(self, pipelines: dict, *, order: OrderOption, distributed: bool,
-              drop_last: bool) -> Loader:
+              drop_last: bool, interpret: bool = False) -> Loader:
+        """The FFCV Loader; interpret: in FFCV's pure-Python mode (module docstring)."""
         threads = torch.get_num_threads()
-        loader = Loader(str(self.path), batch_size=self.batch_size, num_workers=self.num_workers,
-                        order=order, distributed=distributed, seed=self.seed,
-                        indices=self.indices, pipelines=pipelines, drop_last=drop_last,
-                        os_cache=True)
+        compiling = Compiler.is_enabled
+        Compiler.set_enabled(compiling and not interpret)
+        try:
+            loader = Loader(str(self.path), batch_size=self.batch_size,
+                            num_workers=self.num_workers, order=order, distributed=distributed,
+                            seed=self.seed, indices=self.indices, pipelines=pipelines,
+                            drop_last=drop_last, os_cache=True)
+        finally:
+            Compiler.set_enabled(compiling)
         # FFCV sets torch's thread count to its worker count; the training step needs its own.
         torch.set_num_threads(threads)
         return loader
+
+
+# Up to this many images decoded in a loader's life, its pipeline runs uncompiled (module
+# docstring): under a third of where the compile starts to pay (benchmarks/loader_startup.py,
+# 2-core EPYC, 32 px: the two-view pipeline's 2.1-2.5 s of compile against 0.05 ms more per
+# image, about 46,000-49,000 images; the eval loader's 1.3 s against 0.02 ms, about 63,000).
+INTERPRET_UP_TO = 15_000
+
+
+def interpreted(spec: _LoaderSpec, passes: int | None, distributed: bool) -> bool:
+    """Whether a loader of `spec` that runs `passes` epochs (None: unknown) skips its compile."""
+    return (passes is not None and spec.num_workers == 1
+            and passes * spec.images(distributed) <= INTERPRET_UP_TO)
 
 
 def _epoch(loader: Loader):
@@ -219,7 +263,7 @@ class TwoViewLoader:
 
     def __init__(self, spec: _LoaderSpec, views: tuple[ViewAugment, ViewAugment], *,
                  distributed: bool, drop_last: bool = True, photometric: str = "auto",
-                 decode: str = "once"):
+                 decode: str = "once", interpret: bool = False):
         if decode not in DECODE:
             raise ValueError(f"decode={decode!r}: choose one of {', '.join(DECODE)}")
         self.spec = spec
@@ -236,8 +280,9 @@ class TwoViewLoader:
             pipelines["image"] = self._one_decode_pipeline(seeds)
         else:
             pipelines.update(self._per_view_pipelines(seeds))
+        self.interpreted = interpret
         self.loader = spec.build(pipelines, order=OrderOption.RANDOM, distributed=distributed,
-                                 drop_last=drop_last)
+                                 drop_last=drop_last, interpret=interpret)
 
     def _one_decode_pipeline(self, seeds: list[int]) -> PipelineSpec:
         spec, (a, b) = self.spec, self.views
@@ -324,15 +369,18 @@ def two_view_loader(path, *, batch_size: int, resolution: int,
                     views: tuple[ViewAugment, ViewAugment], device=None, num_workers: int = 2,
                     seed: int = 0, indices: Sequence[int] | None = None,
                     distributed: bool | None = None, drop_last: bool = True,
-                    photometric: str = "auto", decode: str = "once") -> TwoViewLoader:
+                    photometric: str = "auto", decode: str = "once",
+                    passes: int | None = None) -> TwoViewLoader:
     """The pretraining loader. distributed=None means: shard when a process group is running;
     photometric: 'auto' (numba in FFCV on the CPU, batched tensor ops on a GPU), 'ffcv', 'torch';
-    decode: 'once' (one JPEG decode, both crops from it) or 'per_view' (FFCV's decoder per view)."""
+    decode: 'once' (one JPEG decode, both crops from it) or 'per_view' (FFCV's decoder per view);
+    passes: the epochs it will run, if known (a short life skips the compile: `interpreted`)."""
     spec = _LoaderSpec(Path(path), batch_size, resolution, _device(device), num_workers, seed, indices)
     if distributed is None:
         distributed = _world()[1] > 1
     return TwoViewLoader(spec, views, distributed=distributed, drop_last=drop_last,
-                         photometric=photometric, decode=decode)
+                         photometric=photometric, decode=decode,
+                         interpret=decode == "once" and interpreted(spec, passes, distributed))
 
 
 def labelled_loader(path, *, batch_size: int, resolution: int, device=None, num_workers: int = 2,
@@ -353,8 +401,10 @@ def labelled_loader(path, *, batch_size: int, resolution: int, device=None, num_
 
 def eval_loader(path, *, batch_size: int, resolution: int, device=None, num_workers: int = 2,
                 indices: Sequence[int] | None = None, distributed: bool | None = None,
-                center_crop_ratio: float | None = None) -> LabelledLoader:
-    """Centre crop, no augmentation, every image exactly once.
+                center_crop_ratio: float | None = None,
+                passes: int | None = None) -> LabelledLoader:
+    """Centre crop, no augmentation, every image exactly once. passes: the epochs it will
+    run, if known (a short life skips the compile: `interpreted`).
 
     Distributed evaluation shards by hand (rank r takes every world_size-th image) rather
     than with FFCV's sampler, which pads the last batch with repeats and would count some
@@ -377,4 +427,5 @@ def eval_loader(path, *, batch_size: int, resolution: int, device=None, num_work
     decoder = CenterCropRGBImageDecoder((resolution, resolution), ratio=ratio)
     pipelines = {"image": spec.image_pipeline(decoder, None), "label": spec.label_pipeline()}
     return LabelledLoader(spec, spec.build(pipelines, order=OrderOption.SEQUENTIAL,
-                                           distributed=False, drop_last=False))
+                                           distributed=False, drop_last=False,
+                                           interpret=interpreted(spec, passes, False)))

@@ -19,7 +19,7 @@ def extract_features(module: nn.Module, path, *, indices, resolution: int, batch
                      device: torch.device, num_workers: int) -> tuple[Tensor, Tensor]:
     """(features float32 N x D on the CPU, labels int64 N) for the images of `indices`."""
     loader = eval_loader(path, batch_size=batch_size, resolution=resolution, device=device,
-                         num_workers=num_workers, indices=indices, distributed=False)
+                         num_workers=num_workers, indices=indices, distributed=False, passes=1)
     module.eval()
     features, labels = [], []
     for images, y in loader:

@@ -166,7 +166,7 @@ class _Worker:
             beton_path(data_dir, training.split), batch_size=cfg.per_worker_batch,
             resolution=cfg.data.resolution, views=cfg.data.view_augments(), device=self.device,
             num_workers=cfg.data.loader_workers, seed=cfg.seed, indices=training.indices,
-            distributed=self.world > 1)
+            distributed=self.world > 1, passes=cfg.epochs - self.start_epoch)
         self.eval_loader = None
         if cfg.probe.enabled:
             # Measured on the validation list, never on test: ASHA stops trials on this number.
@@ -177,7 +177,8 @@ class _Worker:
                 beton_path(data_dir, val.split), batch_size=cfg.per_worker_batch,
                 resolution=cfg.data.resolution, device=self.device,
                 num_workers=cfg.data.loader_workers, distributed=self.world > 1,
-                indices=_sample(every, cfg.probe.eval_images, cfg.seed))
+                indices=_sample(every, cfg.probe.eval_images, cfg.seed),
+                passes=cfg.epochs - self.start_epoch)
 
     def _build_model(self, state: dict | None, *, num_classes: int) -> None:
         cfg = self.cfg

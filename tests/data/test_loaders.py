@@ -307,3 +307,40 @@ def test_cached_sample_reader_reads_what_ffcvs_own_reads(cifar_prepared):
         for address in addresses:
             got, want = ours[0](address, state), theirs(address, state)
             assert len(got) > 0 and np.array_equal(got, want)
+
+
+def test_a_short_lived_loader_skips_its_compile_and_gives_the_same_batches(cifar_prepared):
+    """harness.data.loaders.interpreted: a loader with one decoding thread that decodes few
+    images in its life runs FFCV's pipeline uncompiled (FFCV's pure-Python mode), and yields
+    exactly the batches its compiled twin does: the one-decode two-view loader (seeded crops,
+    flips and photometric draws) and the eval loader (no draws)."""
+    from ffcv.pipeline.compiler import Compiler
+
+    from harness.data.loaders import INTERPRET_UP_TO, eval_loader, two_view_loader
+
+    views = CIFAR_VIEWS
+    path = cifar_prepared / "train.beton"
+
+    def two_view(passes, workers=1):
+        return two_view_loader(path, batch_size=64, resolution=32, views=views, seed=3,
+                               num_workers=workers, distributed=False, passes=passes)
+
+    compiled, uncompiled = two_view(None), two_view(1)
+    assert (compiled.interpreted, uncompiled.interpreted) == (False, True)
+    assert Compiler.is_enabled  # only that loader's build ran uncompiled
+    pairs = list(zip(compiled.uint8_batches(), uncompiled.uint8_batches(), strict=True))
+    assert len(pairs) == 400 // 64
+    for a, b in pairs:
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+    # A long life, or a second decoding thread (whose parallel decode Python would lose): compiled.
+    assert not two_view(INTERPRET_UP_TO // 400 + 1).interpreted
+    assert two_view(INTERPRET_UP_TO // 400).interpreted
+    assert not two_view(1, workers=2).interpreted
+
+    def images(passes):
+        loader = eval_loader(path, batch_size=100, resolution=32, num_workers=1,
+                             distributed=False, passes=passes)
+        return [(x.clone(), y) for x, y in loader]
+
+    for (x, y), (x2, y2) in zip(images(None), images(1), strict=True):
+        assert torch.equal(x, x2) and torch.equal(y, y2)
