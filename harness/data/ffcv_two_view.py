@@ -34,7 +34,8 @@ from .augment import ViewAugment
 from .ffcv_augment import PhotometricAugment, augment_batch
 from .ffcv_flip import flip_batch
 
-__all__ = ["TwoViewCropDecoder", "TwoViewFlip", "TwoViewPhotometric", "sample_seed"]
+__all__ = ["SeededCropDecoder", "TwoViewCropDecoder", "TwoViewFlip", "TwoViewPhotometric",
+           "sample_seed"]
 
 _U32 = np.uint64(0xFFFFFFFF)
 
@@ -65,54 +66,105 @@ class TwoViewCropDecoder(Operation):
     stream of the crop draws (a loader passes its seed, rank and stream through SeedSequence).
     """
 
+    views = 2
+
     def __init__(self, output_size: tuple[int, int], scales, ratios, seed: int = 0):
         super().__init__()
         self.output_size = tuple(output_size)
-        self.scales = np.array(scales, dtype=np.float64).reshape(2, 2)
-        self.ratios = np.array(ratios, dtype=np.float64).reshape(2, 2)
+        self.scales = np.array(scales, dtype=np.float64).reshape(self.views, 2)
+        self.ratios = np.array(ratios, dtype=np.float64).reshape(self.views, 2)
         self.seed = int(seed) & 0xFFFFFFFFFFFFFFFF
+
+    def _sample_shape(self) -> tuple[int, ...]:
+        return (2, self.output_size[0], self.output_size[1], 3)
 
     def declare_state_and_memory(self, previous_state):
         # uint64 for the scratch size: max_height * max_width * 3 overflows 32 bits easily.
         max_width = np.uint64(self.metadata["width"].max())
         max_height = np.uint64(self.metadata["height"].max())
-        shape = (2, self.output_size[0], self.output_size[1], 3)
+        shape = self._sample_shape()
         dtype = np.dtype("<u1")
         return (replace(previous_state, jit_mode=True, shape=shape, dtype=dtype),
                 (AllocationQuery(shape, dtype),
                  AllocationQuery((max_height * max_width * np.uint64(3),), dtype)))
 
-    def generate_code(self):
+    def _image_reader(self):
+        """The compiled function that decodes (jpg) or views (raw) one stored image, H x W x 3,
+        in its scratch buffer, after seeding the sample's crop draws."""
         jpg = IMAGE_MODES["jpg"]
         mem_read = self.memory_read
-        my_range = Compiler.get_iterator()
         imdecode_c = Compiler.compile(imdecode)
+        seed = np.uint64(self.seed)
+
+        def read_image(batch_indices, dst_ix, temp_storage, metadata, storage_state):
+            source_ix = batch_indices[dst_ix]
+            np.random.seed(sample_seed(seed, source_ix, dst_ix, batch_indices[0]))
+            field = metadata[source_ix]
+            image_data = mem_read(field["data_ptr"], storage_state)
+            height = np.uint32(field["height"])
+            width = np.uint32(field["width"])
+            if field["mode"] == jpg:
+                temp_buffer = temp_storage[dst_ix]
+                imdecode_c(image_data, temp_buffer, height, width, height, width, 0, 0, 1, 1,
+                           False, False)
+                temp_buffer = temp_buffer.reshape(-1)[:3 * height * width]
+                return temp_buffer.reshape(height, width, 3)
+            return image_data.reshape(height, width, 3)
+
+        return Compiler.compile(read_image)
+
+    def generate_code(self):
+        my_range = Compiler.get_iterator()
+        read_image = self._image_reader()
         resize_crop_c = Compiler.compile(resize_crop)
         get_crop_c = Compiler.compile(get_random_crop)
-        scales, ratios, seed = self.scales, self.ratios, np.uint64(self.seed)
+        scales, ratios = self.scales, self.ratios
 
         def decode(batch_indices, my_storage, metadata, storage_state):
             destination, temp_storage = my_storage
             n = len(batch_indices)
-            first = batch_indices[0]
             for dst_ix in my_range(n):
-                source_ix = batch_indices[dst_ix]
-                np.random.seed(sample_seed(seed, source_ix, dst_ix, first))
-                field = metadata[source_ix]
-                image_data = mem_read(field["data_ptr"], storage_state)
-                height = np.uint32(field["height"])
-                width = np.uint32(field["width"])
-                if field["mode"] == jpg:
-                    temp_buffer = temp_storage[dst_ix]
-                    imdecode_c(image_data, temp_buffer, height, width, height, width, 0, 0, 1, 1,
-                               False, False)
-                    temp_buffer = temp_buffer.reshape(-1)[:3 * height * width]
-                    image = temp_buffer.reshape(height, width, 3)
-                else:
-                    image = image_data.reshape(height, width, 3)
+                image = read_image(batch_indices, dst_ix, temp_storage, metadata, storage_state)
+                height, width = np.uint32(image.shape[0]), np.uint32(image.shape[1])
                 for view in range(2):
                     i, j, h, w = get_crop_c(height, width, scales[view], ratios[view])
                     resize_crop_c(image, i, i + h, j, j + w, destination[dst_ix, view])
+            return destination[:n]
+
+        decode.is_parallel = True
+        return decode
+
+
+class SeededCropDecoder(TwoViewCropDecoder):
+    """FFCV's RandomResizedCropRGBImageDecoder (the same draws, H x W x 3 samples) with each
+    sample's draws seeded as TwoViewCropDecoder seeds them: crops that repeat from run to run,
+    whatever the threads (FFCV's draw from numba's unseeded generator). The labelled loader's
+    decoder (linear evaluation, fine-tuning)."""
+
+    views = 1
+
+    def __init__(self, output_size: tuple[int, int], scale=(0.08, 1.0), ratio=(0.75, 4 / 3),
+                 seed: int = 0):
+        super().__init__(output_size, scale, ratio, seed)
+
+    def _sample_shape(self) -> tuple[int, ...]:
+        return (self.output_size[0], self.output_size[1], 3)
+
+    def generate_code(self):
+        my_range = Compiler.get_iterator()
+        read_image = self._image_reader()
+        resize_crop_c = Compiler.compile(resize_crop)
+        get_crop_c = Compiler.compile(get_random_crop)
+        scale, ratio = self.scales[0], self.ratios[0]
+
+        def decode(batch_indices, my_storage, metadata, storage_state):
+            destination, temp_storage = my_storage
+            n = len(batch_indices)
+            for dst_ix in my_range(n):
+                image = read_image(batch_indices, dst_ix, temp_storage, metadata, storage_state)
+                i, j, h, w = get_crop_c(np.uint32(image.shape[0]), np.uint32(image.shape[1]),
+                                        scale, ratio)
+                resize_crop_c(image, i, i + h, j, j + w, destination[dst_ix])
             return destination[:n]
 
         decode.is_parallel = True

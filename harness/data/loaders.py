@@ -24,11 +24,12 @@ the pipeline's compile, 1.3-2.5 s of CPU per loader and process at 32 px on a 2-
 `interpreted` takes it where a loader with one decoding thread (where Python loses no
 parallelism) decodes at most INTERPRET_UP_TO images in its life (its shard times its passes),
 below where the two costs meet (benchmarks/loader_startup.py). Which loaders: the eval loader
-(no random draws) and the one-decode two-view loader (its crops seeded per sample: the same
-batches either way, tests/data/test_loaders.py: uncompiled, its per-sample reseeding goes to
-numpy's global generator, which nothing else in the harness draws from); FFCV's own
-random-resized-crop decoder draws from numba's unseeded generator when compiled and from numpy's
-global one when not, so the loaders built on it (labelled, per-view) always compile.
+(no random draws), the one-decode two-view loader and the labelled loader (their crops seeded
+per sample: the same batches either way, tests/data/test_loaders.py; uncompiled, the
+per-sample reseeding goes to numpy's global generator, which nothing else in the harness draws
+from); FFCV's own random-resized-crop decoder draws from numba's unseeded generator when
+compiled and from numpy's global one when not, so the per-view two-view loader built on it
+always compiles.
 """
 
 import os
@@ -55,7 +56,8 @@ from .augment import BatchAugment, ViewAugment, normalize
 from .ffcv_augment import PhotometricAugment
 from .ffcv_flip import HorizontalFlip
 from .ffcv_reader import install as _install_cached_reader
-from .ffcv_two_view import TwoViewCropDecoder, TwoViewFlip, TwoViewPhotometric
+from .ffcv_two_view import (SeededCropDecoder, TwoViewCropDecoder, TwoViewFlip,
+                            TwoViewPhotometric)
 from .prepared import Normalization, beton_path, dataset_normalization
 
 # Every loader's sample reader from numba's disk cache, not compiled per loader (ffcv_reader).
@@ -191,6 +193,7 @@ class _LoaderSpec:
                             drop_last=drop_last, os_cache=True)
         finally:
             Compiler.set_enabled(compiling)
+        loader.harness_interpreted = interpret
         # FFCV sets torch's thread count to its worker count; the training step needs its own.
         torch.set_num_threads(threads)
         return loader
@@ -356,6 +359,7 @@ class LabelledLoader:
 
     def __init__(self, spec: _LoaderSpec, loader: Loader):
         self.spec, self.loader = spec, loader
+        self.interpreted = loader.harness_interpreted  # built uncompiled (`interpreted`)
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -387,16 +391,25 @@ def labelled_loader(path, *, batch_size: int, resolution: int, device=None, num_
                     seed: int = 0, indices: Sequence[int] | None = None,
                     distributed: bool | None = None,
                     crop_scale: tuple[float, float] = (0.08, 1.0),
-                    drop_last: bool = False) -> LabelledLoader:
+                    drop_last: bool = False, passes: int | None = None) -> LabelledLoader:
     """Labelled training with random-resized crop + flip (linear probe, fine-tuning): every
-    image every epoch, the last batch smaller (drop_last=False), unless drop_last."""
+    image every epoch, the last batch smaller (drop_last=False), unless drop_last. The crops
+    (FFCV's draws, seeded per sample: SeededCropDecoder) and flips repeat with `seed`.
+    passes: the epochs it will run, if known (a short life skips the compile: `interpreted`)."""
     spec = _LoaderSpec(Path(path), batch_size, resolution, _device(device), num_workers, seed, indices)
     if distributed is None:
         distributed = _world()[1] > 1
-    decoder = RandomResizedCropRGBImageDecoder((resolution, resolution), scale=crop_scale)
-    pipelines = {"image": spec.image_pipeline(decoder, 0.5), "label": spec.label_pipeline()}
+    # Stream 2: the crops (0 is the flips', as in the two-view loader).
+    decoder = SeededCropDecoder((resolution, resolution), scale=crop_scale,
+                                seed=int(spec.stream_seed(2).generate_state(1, np.uint64)[0]))
+    # A PipelineSpec names the decoder: FFCV takes a list's first op as one only if it is of
+    # the field's own decoder class.
+    image = PipelineSpec("image", decoder=decoder,
+                         transforms=spec.image_pipeline(decoder, 0.5)[1:])
+    pipelines = {"image": image, "label": spec.label_pipeline()}
     return LabelledLoader(spec, spec.build(pipelines, order=OrderOption.RANDOM,
-                                           distributed=distributed, drop_last=drop_last))
+                                           distributed=distributed, drop_last=drop_last,
+                                           interpret=interpreted(spec, passes, distributed)))
 
 
 def eval_loader(path, *, batch_size: int, resolution: int, device=None, num_workers: int = 2,

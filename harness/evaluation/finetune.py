@@ -46,7 +46,7 @@ def finetune(backbone: nn.Module, feature_dim: int, data: EvalData, subset: str,
     loader = labelled_loader(data.part("train").path, batch_size=batch,
                              resolution=data.resolution, device=device,
                              num_workers=s.loader_workers, seed=s.seed, indices=indices,
-                             distributed=False, drop_last=False)
+                             distributed=False, drop_last=False, passes=s.semi_epochs)
     lrs = (s.semi_lr_backbone, s.semi_lr_head)
     optimizer = torch.optim.SGD([{"params": model.parameters(), "lr": lrs[0]},
                                  {"params": head.parameters(), "lr": lrs[1]}],

@@ -116,7 +116,7 @@ def linear_paper(backbone: nn.Module, feature_dim: int, data, evaluated: dict, *
     batch = even_batch(len(train), s.batch_size)
     loader = labelled_loader(train.path, batch_size=batch, resolution=data.resolution,
                              device=device, num_workers=s.loader_workers, seed=s.seed,
-                             indices=train.indices, distributed=False)
+                             indices=train.indices, distributed=False, passes=s.linear_epochs)
     optimizer = torch.optim.SGD(head.parameters(), lr=s.linear_lr, momentum=s.linear_momentum,
                                 weight_decay=s.linear_weight_decay)
     total = s.linear_epochs * len(loader)

@@ -313,10 +313,11 @@ def test_a_short_lived_loader_skips_its_compile_and_gives_the_same_batches(cifar
     """harness.data.loaders.interpreted: a loader with one decoding thread that decodes few
     images in its life runs FFCV's pipeline uncompiled (FFCV's pure-Python mode), and yields
     exactly the batches its compiled twin does: the one-decode two-view loader (seeded crops,
-    flips and photometric draws) and the eval loader (no draws)."""
+    flips and photometric draws), the labelled loader (seeded crops and flips) and the eval
+    loader (no draws)."""
     from ffcv.pipeline.compiler import Compiler
 
-    from harness.data.loaders import INTERPRET_UP_TO, eval_loader, two_view_loader
+    from harness.data.loaders import INTERPRET_UP_TO, eval_loader, labelled_loader, two_view_loader
 
     views = CIFAR_VIEWS
     path = cifar_prepared / "train.beton"
@@ -344,3 +345,13 @@ def test_a_short_lived_loader_skips_its_compile_and_gives_the_same_batches(cifar
 
     for (x, y), (x2, y2) in zip(images(None), images(1), strict=True):
         assert torch.equal(x, x2) and torch.equal(y, y2)
+
+    def labelled(passes):  # crops seeded per sample too (SeededCropDecoder): two epochs alike
+        loader = labelled_loader(path, batch_size=100, resolution=32, num_workers=1, seed=2,
+                                 distributed=False, passes=passes)
+        assert loader.interpreted == (passes is not None)
+        return [(x.clone(), y) for _ in range(2) for x, y in loader]
+
+    for (x, y), (x2, y2) in zip(labelled(None), labelled(2), strict=True):
+        assert torch.equal(x, x2) and torch.equal(y, y2)
+

@@ -23,7 +23,7 @@ from ffcv.writer import DatasetWriter
 
 from data_prep import prepare
 from harness.data import CIFAR_VIEWS, two_view_loader
-from harness.data.ffcv_two_view import TwoViewCropDecoder
+from harness.data.ffcv_two_view import SeededCropDecoder, TwoViewCropDecoder
 
 pytestmark = pytest.mark.slow
 
@@ -118,6 +118,40 @@ def test_crops_draw_as_ffcvs_decoder_does_each_view_independently(coordinate_bet
     assert abs(np.corrcoef(area_a, area_b)[0, 1]) < 0.15
     assert abs(np.corrcoef(np.log(ratio_a), np.log(ratio_b))[0, 1]) < 0.15
     assert (np.abs(area_a - area_b) > 0.01).mean() > 0.9
+
+
+def _seeded_crops(path, seed=0, workers=1, epochs=2, compiled=True):
+    from ffcv.pipeline.compiler import Compiler
+
+    decoder = SeededCropDecoder((OUT, OUT), scale=SCALE, ratio=RATIO, seed=seed)
+    Compiler.set_enabled(compiled)  # FFCV compiles while the Loader is built
+    try:
+        loader = _loader(path, {"image": PipelineSpec("image", decoder=decoder)}, workers=workers)
+    finally:
+        Compiler.set_enabled(True)
+    (images,), labels = _epochs(loader, epochs)
+    return images, labels  # images: M x OUT x OUT x 3
+
+
+def test_the_labelled_loaders_seeded_crops_draw_as_ffcvs_and_repeat_with_their_seed(
+        coordinate_beton):
+    """SeededCropDecoder (the labelled loader's): one crop per image with FFCV's draws,
+    seeded per sample: FFCV's distribution, the same crops for one seed whatever the threads
+    and compiled or not, other crops for another seed and in another epoch."""
+    ours, labels = _seeded_crops(coordinate_beton)
+    assert ours.shape == (2 * N, OUT, OUT, 3)
+    assert (ours[..., 2] == (labels % 256)[:, None, None]).all()  # labels line up
+    area, ratio = _boxes(ours)
+    ffcv_area, ffcv_ratio = _boxes(_ffcv_crops(coordinate_beton))
+    assert _ks(area, ffcv_area) < 0.12 and _ks(np.log(ratio), np.log(ffcv_ratio)) < 0.12
+    for same in (_seeded_crops(coordinate_beton, workers=2),
+                 _seeded_crops(coordinate_beton, compiled=False)):
+        assert np.array_equal(same[1], labels) and np.array_equal(same[0], ours)
+    other, other_labels = _seeded_crops(coordinate_beton, seed=1, epochs=1)
+    first = _boxes(ours[:N][np.argsort(labels[:N])])[0]
+    assert (np.abs(_boxes(other[np.argsort(other_labels)])[0] - first) > 0.01).mean() > 0.9
+    second = _boxes(ours[N:][np.argsort(labels[N:])])[0]
+    assert (np.abs(first - second) > 0.01).mean() > 0.9
 
 
 def test_crops_repeat_with_their_seed_whatever_the_threads(coordinate_beton):
