@@ -193,7 +193,6 @@ class _LoaderSpec:
                             drop_last=drop_last, os_cache=True)
         finally:
             Compiler.set_enabled(compiling)
-        loader.harness_interpreted = interpret
         # FFCV sets torch's thread count to its worker count; the training step needs its own.
         torch.set_num_threads(threads)
         return loader
@@ -357,9 +356,9 @@ class TwoViewLoader:
 class LabelledLoader:
     """Yields (images, labels), normalised: the linear-evaluation training and the eval loaders."""
 
-    def __init__(self, spec: _LoaderSpec, loader: Loader):
+    def __init__(self, spec: _LoaderSpec, loader: Loader, interpreted: bool = False):
         self.spec, self.loader = spec, loader
-        self.interpreted = loader.harness_interpreted  # built uncompiled (`interpreted`)
+        self.interpreted = interpreted  # built uncompiled (`interpreted`)
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -407,9 +406,10 @@ def labelled_loader(path, *, batch_size: int, resolution: int, device=None, num_
     image = PipelineSpec("image", decoder=decoder,
                          transforms=spec.image_pipeline(decoder, 0.5)[1:])
     pipelines = {"image": image, "label": spec.label_pipeline()}
+    interpret = interpreted(spec, passes, distributed)
     return LabelledLoader(spec, spec.build(pipelines, order=OrderOption.RANDOM,
                                            distributed=distributed, drop_last=drop_last,
-                                           interpret=interpreted(spec, passes, distributed)))
+                                           interpret=interpret), interpret)
 
 
 def eval_loader(path, *, batch_size: int, resolution: int, device=None, num_workers: int = 2,
@@ -439,6 +439,7 @@ def eval_loader(path, *, batch_size: int, resolution: int, device=None, num_work
     spec = _LoaderSpec(Path(path), batch_size, resolution, _device(device), num_workers, 0, indices)
     decoder = CenterCropRGBImageDecoder((resolution, resolution), ratio=ratio)
     pipelines = {"image": spec.image_pipeline(decoder, None), "label": spec.label_pipeline()}
+    interpret = interpreted(spec, passes, False)
     return LabelledLoader(spec, spec.build(pipelines, order=OrderOption.SEQUENTIAL,
                                            distributed=False, drop_last=False,
-                                           interpret=interpreted(spec, passes, False)))
+                                           interpret=interpret), interpret)

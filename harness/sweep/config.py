@@ -476,6 +476,14 @@ def point_key(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+def check_trial_ids(ids: list[str], only: list[str] | None, file: str) -> None:
+    """`--trials`: every id named must be one of the file's trials."""
+    unknown = [i for i in only or () if i not in ids]
+    if unknown:
+        raise ConfigError(f"--trials {unknown[0]}: no such trial in {file}; it has "
+                          f"{ids[0]} .. {ids[-1]}")
+
+
 def load_sweep(path: Path | str, *, name: str | None = None, storage_path: str | None = None,
                overrides: list[str] | tuple[str, ...] = (),
                eval_overrides: list[str] | tuple[str, ...] = (),
@@ -533,13 +541,8 @@ def load_sweep(path: Path | str, *, name: str | None = None, storage_path: str |
     trials = []
     space = search.space
     points = _points(search.mode, space, search.num_samples, search.seed)
-    count = len(points) * len(search.seeds)
-    if only:
-        ids = [f"t{i:04d}" for i in range(count)]
-        unknown = [i for i in only if i not in ids]
-        if unknown:
-            raise ConfigError(f"--trials {unknown[0]}: no such trial in {path.name}; it has "
-                              f"{ids[0]} .. {ids[-1]}")
+    check_trial_ids([f"t{i:04d}" for i in range(len(points) * len(search.seeds))], only,
+                    path.name)
     for seed in search.seeds:
         for point in points:
             trial_id = f"t{len(trials):04d}"

@@ -50,7 +50,8 @@ from harness.results.layout import (read_baselines, read_json,  # noqa: E402
                                     read_trials, train_from_metrics, write_baseline,
                                     write_sweep, write_trial)
 from harness.pretrain.run_log import read_divergence, read_metrics  # noqa: E402
-from harness.sweep.config import SCHEDULER_METRICS, SweepConfig, load_sweep  # noqa: E402
+from harness.sweep.config import (SCHEDULER_METRICS, SweepConfig, check_trial_ids,  # noqa: E402
+                                  load_sweep)
 from harness.sweep.progress import SweepProgress  # noqa: E402
 from harness.storage import download, download_records, exists, join, upload  # noqa: E402
 
@@ -284,13 +285,8 @@ def _link_logs(run_dir: Path) -> None:
 def _selected(sweep: SweepConfig, only: list[str] | None) -> set[str]:
     """The trial ids --trials names (all of them without it); an unknown id is refused."""
     ids = [t.trial_id for t in sweep.trials]
-    if not only:
-        return set(ids)
-    unknown = [i for i in only if i not in ids]
-    if unknown:
-        raise ConfigError(f"--trials {unknown[0]}: no such trial in {sweep.path.name}; it has "
-                          f"{ids[0]} .. {ids[-1]}")
-    return set(only)
+    check_trial_ids(ids, only, sweep.path.name)
+    return set(only or ids)
 
 
 def run_sweep(sweep: SweepConfig, *, address: str | None = None, resume: bool = False,
@@ -346,7 +342,7 @@ def sweep_command(args: argparse.Namespace) -> int:
     """`harness sweep FILE [FILE ...]`: each file a sweep of its own, one after another on one
     Ray instance (the whole ablation suite in one command). Every file, and the trials that
     will run, is checked before any trains; `--trials` names trials of every file."""
-    paths = args.config if isinstance(args.config, list) else [args.config]
+    paths = args.config  # one or more (nargs="+")
     if args.name and len(paths) > 1:
         raise ConfigError(f"--name {args.name}: names one sweep, but {len(paths)} files are "
                           "given (each keeps its own name); run them one at a time, or drop "
