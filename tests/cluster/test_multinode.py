@@ -99,7 +99,13 @@ class _Cluster:
             "num_cpus": 0, "memory": 2**19, "node_ip_address": "127.0.0.1",
             "include_dashboard": True, "dashboard_host": "127.0.0.1",
             "dashboard_port": dashboard_port,
-            "env_vars": {"BT_STORAGE_CACHE": str(root / "head")}})
+            "env_vars": {"BT_STORAGE_CACHE": str(root / "head")},
+            # A reclaimed node is marked dead after 3 failed health checks a second apart,
+            # not Ray's 5 three seconds apart: the tests wait ~3 s per loss, not ~15. A
+            # check of a live node fails only when it stays unanswered for Ray's 10 s
+            # timeout, so a busy node is not taken for dead.
+            "_system_config": {"health_check_period_ms": 1000,
+                               "health_check_failure_threshold": 3}})
         self.workers: dict[str, subprocess.Popen] = {}
         self.ids: dict[str, str] = {}
 
