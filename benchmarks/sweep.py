@@ -41,24 +41,28 @@ from harness.pretrain.run_log import read_metrics
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run(sweep_file: Path, storage: Path, sets: list[str], tree: Path = REPO,
+def run(sweep_files: list[Path], storage: Path, sets: list[str], tree: Path = REPO,
         extra: tuple[str, ...] = ()) -> dict:
-    """One `harness sweep` of the code in `tree` (its harness first on every process's path)."""
+    """One `harness sweep` of the code in `tree` (its harness first on every process's path);
+    several files in one command, their trials counted together (the best: of the first)."""
+    from harness.sweep.config import load_sweep
+
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["PYTHONPATH"] = str(tree)
     start_unix, start = time.time(), time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "harness.cli", "sweep", str(sweep_file),
+    proc = subprocess.run([sys.executable, "-m", "harness.cli", "sweep", *map(str, sweep_files),
                            "--storage", str(storage), *[a for s in sets for a in ("--set", s)],
                            *extra], cwd=tree, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         sys.exit(f"sweep failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
-    name = yaml.safe_load(sweep_file.read_text()).get("name") or sweep_file.stem
-    run_dir = storage / name
+    run_dirs = [storage / load_sweep(f, check_data=False).name for f in sweep_files]
+    run_dir = run_dirs[0]
     trials = read_trials(run_dir)
+    located = [(d, t) for d in run_dirs for t in read_trials(d)]
     firsts, epochs_s, wall_s, eval_proper, eval_task = [], 0.0, 0.0, 0.0, 0.0
-    for t in trials:
-        metrics = read_metrics(run_dir / "trials" / t["trial_id"] / "pretrain")
+    for folder, t in located:
+        metrics = read_metrics(folder / "trials" / t["trial_id"] / "pretrain")
         firsts += [m["time/first_step_unix"] for m in metrics if "time/first_step_unix" in m]
         epochs_s += sum(m.get("time/epoch_s", 0) + m.get("time/eval_s", 0) for m in metrics)
         timing = t.get("timing", {})
@@ -70,8 +74,8 @@ def run(sweep_file: Path, storage: Path, sets: list[str], tree: Path = REPO,
     best = next((t for t in trials if t["trial_id"] == best_id), None)
     return {
         "wall_s": wall, "first_step_s": min(firsts) - start_unix if firsts else None,
-        "trials": len(trials), "statuses": {s: sum(t["status"] == s for t in trials)
-                                            for s in ("ok", "stopped", "failed")},
+        "trials": len(located), "statuses": {s: sum(t["status"] == s for _, t in located)
+                                             for s in ("ok", "stopped", "failed")},
         "train_compute_s": epochs_s, "trial_wall_s": wall_s,
         "ray_overhead": (wall_s - epochs_s - eval_proper) / wall_s if wall_s else None,
         "eval_stage_s": eval_task, "metric": metric,
@@ -88,16 +92,20 @@ def _median(values: list[float]) -> float:
     return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
 
 
-def compare_revisions(sweep_file: Path, sets: list[str], rev: str, rounds: int,
-                      trials: list[str], warmup: int = 1) -> dict:
-    """The sweep from this tree and from `rev`, taking turns; medians per tree."""
+def compare_revisions(sweep_files: list[Path], sets: list[str], rev: str, rounds: int,
+                      trials: list[str], warmup: int = 1,
+                      eval_sets: tuple[str, ...] = ()) -> dict:
+    """The sweep (one command of all `sweep_files`) from this tree and from `rev`, taking
+    turns; medians per tree."""
     from harness.provenance import git_revision
     from harness.sweep.config import load_sweep
 
     # Relative data folders resolve against this checkout, for both trees.
-    data = load_sweep(sweep_file, overrides=sets).trials[0].config.data.dir
+    data = load_sweep(sweep_files[0], overrides=sets,
+                      only=trials or None).trials[0].config.data.dir
     sets = [f"data.dir={data}", *sets]
-    extra = ("--trials", *trials) if trials else ()
+    extra = (("--trials", *trials) if trials else ()) + \
+        tuple(a for e in eval_sets for a in ("--eval-set", e))
     rows: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory(prefix="bench_sweep_") as tmp:
         tmp = Path(tmp)
@@ -110,7 +118,7 @@ def compare_revisions(sweep_file: Path, sets: list[str], rev: str, rounds: int,
             # file's path, so the worktree's first run compiles the loader's kernels anew.
             for r in range(warmup + rounds):
                 for i, (label, tree) in enumerate(trees.items()):
-                    row = run(sweep_file, tmp / f"round{r}_{i}", sets, tree, extra)
+                    row = run(sweep_files, tmp / f"round{r}_{i}", sets, tree, extra)
                     if r >= warmup:
                         rows.setdefault(label, []).append(row)
                     print(f"{label}, {'warm-up' if r < warmup else 'round'} {r + 1}: "
@@ -118,7 +126,8 @@ def compare_revisions(sweep_file: Path, sets: list[str], rev: str, rounds: int,
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=REPO,
                            capture_output=True)
-    print(f"\nsweep {sweep_file.name}{' ' + ' '.join(extra) if extra else ''}, --set {sets}; "
+    print(f"\nsweep {' '.join(f.name for f in sweep_files)}"
+          f"{' ' + ' '.join(extra) if extra else ''}, --set {sets}; "
           f"{warmup} warm-up and {rounds} timed rounds, taking turns; medians")
     print(f"machine: {platform.processor() or platform.machine()}, {hardware()['cpus']} CPUs, "
           f"load average {os.getloadavg()[0]:.1f} at the end; versions: {library_versions()}\n")
@@ -138,7 +147,9 @@ def compare_revisions(sweep_file: Path, sets: list[str], rev: str, rounds: int,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("sweep", nargs="?", default=str(REPO / "experiments" / "sweep_cifar10_demo.yaml"))
+    parser.add_argument("sweep", nargs="*",
+                        default=[str(REPO / "experiments" / "sweep_cifar10_demo.yaml")],
+                        help="sweep files (several: one command, with --against only)")
     parser.add_argument("--set", action="append", default=[], help="passed to every trial")
     parser.add_argument("--json", default=None)
     parser.add_argument("--against", metavar="REV", default=None,
@@ -146,14 +157,19 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="with --against")
     parser.add_argument("--warmup", type=int, default=1, help="with --against: untimed rounds")
     parser.add_argument("--trials", nargs="+", default=[], help="with --against: these only")
+    parser.add_argument("--eval-set", action="append", default=[],
+                        help="with --against: passed to every file's evaluation")
     args = parser.parse_args()
-    sweep_file = Path(args.sweep).resolve()
+    sweep_files = [Path(f).resolve() for f in args.sweep]
     if args.against:
-        rows = compare_revisions(sweep_file, args.set, args.against, args.rounds, args.trials,
-                                 args.warmup)
+        rows = compare_revisions(sweep_files, args.set, args.against, args.rounds, args.trials,
+                                 args.warmup, tuple(args.eval_set))
         if args.json:
             Path(args.json).write_text(json.dumps(rows, indent=2))
         return
+    if len(sweep_files) > 1:
+        sys.exit("several sweep files: only with --against (FIFO against ASHA takes one)")
+    (sweep_file,) = sweep_files
     raw = yaml.safe_load(sweep_file.read_text())
     rows = {}
     with tempfile.TemporaryDirectory(prefix="bench_sweep_") as tmp:
@@ -164,7 +180,7 @@ def main() -> None:
                                   "reduction_factor": 2}}
         asha_file.write_text(yaml.safe_dump(raw_asha))
         for label, path in (("FIFO (no scheduler)", sweep_file), ("ASHA", asha_file)):
-            rows[label] = run(path, tmp / label.split()[0].lower(), args.set)
+            rows[label] = run([path], tmp / label.split()[0].lower(), args.set)
             print(f"{label}: {json.dumps(rows[label])}", flush=True)
 
     print(f"\nsweep {sweep_file.name} ({rows['ASHA']['trials']} trials), --set {args.set}")

@@ -45,8 +45,9 @@ class TrialState:
 
 
 class SweepProgress(tune.Callback):
-    """The sweep's console. trials: {trial_id: (params, epochs)} still to run; resumed:
-    {trial_id: epochs already done} of those that continue from a checkpoint."""
+    """The sweep's console. trials: {name: (params, epochs)} still to run (name: the trial's id,
+    or "<sweep>-<id>" beside other sweeps in one Tune run); resumed: {name: epochs already
+    done} of those that continue from a checkpoint."""
 
     def __init__(self, trials: dict[str, tuple[dict, int]], concurrency: int, out=None, *,
                  resumed: dict[str, int] | None = None, every_s: float = 60.0,
@@ -71,7 +72,7 @@ class SweepProgress(tune.Callback):
 
     @staticmethod
     def _id(trial) -> str:
-        return trial.config["trial"]["trial_id"]
+        return trial.config["trial"]["name"]
 
     # -- what is printed --------------------------------------------------------------------
 

@@ -17,6 +17,12 @@ one unit of a custom resource (`harness_trial_slot`, as many as the trials that 
 limits how many trials start, so that a started trial finds CPUs for its workers. On a cluster,
 Tune's max_concurrent_trials does that.
 
+Several sweep files in one command (`harness sweep experiments/ablations/*.yaml`) run on one
+Ray instance, each with its own folder, records and report. Those without a scheduler that run
+as many trials at a time share one Tune run (their trials named `<sweep>-<id>` there), so that
+one file's last trials and the next one's first run side by side; sweeps whose random-init
+baseline is the same evaluation share it (`_baseline`).
+
 Resuming: the trial list is fixed by the sweep file (harness.sweep.config). Running the same
 command again (or with --resume) skips trials whose record says ok, failed or stopped, and
 re-runs the others, whose Train runs continue from their newest checkpoint. Failures are
@@ -28,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import time
 from pathlib import Path
@@ -55,7 +62,7 @@ from harness.sweep.config import (SCHEDULER_METRICS, SweepConfig, check_trial_id
 from harness.sweep.progress import SweepProgress  # noqa: E402
 from harness.storage import download, download_records, exists, join, upload  # noqa: E402
 
-__all__ = ["run_sweep", "sweep_command", "run_trial", "SLOT", "FINISHED"]
+__all__ = ["run_sweeps", "sweep_command", "run_trial", "SLOT", "FINISHED"]
 
 SLOT = "harness_trial_slot"
 _TRIAL_MEMORY = 2**20  # bytes: a token, so that a trial's request on a cluster is not empty
@@ -124,15 +131,16 @@ def _write_trial(run_dir: Path, storage_uri: str | None, record: dict) -> None:
 class _Recorder(tune.Callback):
     """Driver side: trials that ended without writing their record (stopped by ASHA, killed)."""
 
-    def __init__(self, run_dir: Path, storage_uri: str | None, progress: SweepProgress):
-        self.run_dir, self.storage_uri, self.progress = run_dir, storage_uri, progress
+    def __init__(self, progress: SweepProgress):
+        self.progress = progress
 
     def _close(self, trial, status: str, error: str | None) -> None:
         spec = trial.config["trial"]
+        run_dir, storage_uri = Path(spec["run_dir"]), spec["storage_uri"]
         part = f"trials/{spec['trial_id']}/trial.json"
-        if self.storage_uri:  # the trial wrote its record on its own node, and to the URI
-            download(self.storage_uri, self.run_dir, part)
-        path = self.run_dir / part
+        if storage_uri:  # the trial wrote its record on its own node, and to the URI
+            download(storage_uri, run_dir, part)
+        path = run_dir / part
         record = read_json(path) if path.is_file() else {"trial_id": spec["trial_id"],
                                                           "params": spec["params"]}
         if record.get("status") not in FINISHED:
@@ -140,8 +148,8 @@ class _Recorder(tune.Callback):
             metrics = read_metrics(run)
             record.update(status=status, error=error, evals={},
                           train=train_from_metrics(metrics) if metrics else {})
-            _write_trial(self.run_dir, self.storage_uri, record)
-        self.progress.finish(spec["trial_id"], record["status"], record.get("error"))
+            _write_trial(run_dir, storage_uri, record)
+        self.progress.finish(spec["name"], record["status"], record.get("error"))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         # Returned normally without a final record: the scheduler stopped it.
@@ -180,8 +188,12 @@ def _local_concurrency(sweep: SweepConfig) -> int:
     return max(1, min(sweep.max_concurrent_trials, cpus // per_trial))
 
 
-def _trial_specs(sweep: SweepConfig, todo: list, address: str | None) -> list[dict]:
-    return [{"trial_id": t.trial_id, "params": t.params, "config": t.config.to_dict(),
+def _trial_specs(sweep: SweepConfig, todo: list, address: str | None,
+                 alone: bool = True) -> list[dict]:
+    """What each trial's process gets. `name`: the trial's id, or beside other sweeps in one
+    Tune run "<sweep name>-<id>" (Tune's trial names, folders and the console's labels)."""
+    return [{"trial_id": t.trial_id, "name": t.trial_id if alone else f"{sweep.name}-{t.trial_id}",
+             "params": t.params, "config": t.config.to_dict(),
              "run_dir": str(sweep.run_dir), "storage_uri": sweep.storage_uri,
              "protocols": list(sweep.protocols),
              "transfer": list(sweep.transfer), "address": address,
@@ -189,20 +201,24 @@ def _trial_specs(sweep: SweepConfig, todo: list, address: str | None) -> list[di
             for t in todo]
 
 
-def _tuner(sweep: SweepConfig, specs: list[dict], local: bool, concurrency: int,
+def _tuner(sweeps: list[SweepConfig], specs: list[dict], local: bool, concurrency: int,
            verbose: bool = False) -> tune.Tuner:
+    """One Tune run over `specs`, the trials of one sweep or of several that share their
+    concurrency and have no scheduler (a scheduler compares the trials of one sweep)."""
     # Trials that continue from a checkpoint: the epochs their metrics.jsonl already has.
-    runs = {t.trial_id: t.config.run.run_location for t in sweep.trials}
-    resumed = {s["trial_id"]: metrics[-1]["epoch"] for s in specs
-               if (metrics := read_metrics(runs[s["trial_id"]]))}
-    progress = SweepProgress({s["trial_id"]: (s["params"], s["config"]["epochs"]) for s in specs},
+    resumed = {s["name"]: metrics[-1]["epoch"] for s in specs
+               if (metrics := read_metrics(PretrainConfig.from_dict(s["config"])
+                                           .run.run_location))}
+    progress = SweepProgress({s["name"]: (s["params"], s["config"]["epochs"]) for s in specs},
                              concurrency, resumed=resumed, redraw=not verbose)
     # The trial's own process only waits on Train and Tune: no CPU. Ray refuses an empty
     # request, so on a cluster it asks for a token of memory instead (any node has it); on a
     # local instance for one of its trial slots (max_concurrent_trials).
     resources = {"CPU": 0, **({SLOT: 1} if local else {"memory": _TRIAL_MEMORY})}
     scheduler = metric = mode = None
+    (sweep, *others) = sweeps
     if sweep.scheduler:
+        assert not others, "a scheduler compares the trials of one sweep"
         from ray.tune.schedulers import ASHAScheduler
 
         metric = sweep.scheduler["metric"]
@@ -223,14 +239,13 @@ def _tuner(sweep: SweepConfig, specs: list[dict], local: bool, concurrency: int,
         param_space={"trial": tune.grid_search(specs)},
         tune_config=tune.TuneConfig(max_concurrent_trials=concurrency, scheduler=scheduler,
                                     metric=metric, mode=mode,
-                                    trial_dirname_creator=lambda t: t.config["trial"]["trial_id"],
-                                    trial_name_creator=lambda t: t.config["trial"]["trial_id"]),
+                                    trial_dirname_creator=lambda t: t.config["trial"]["name"],
+                                    trial_name_creator=lambda t: t.config["trial"]["name"]),
         # Tune's JSON and CSV logs only: its TensorBoard logger would add a second HParams
-        # experiment to RUN_DIR (the report writes the sweep's own).
+        # experiment to RUN_DIR (the report writes the sweep's own). Several sweeps in one
+        # run: in the first one's folder.
         run_config=tune.RunConfig(name="tune", storage_path=str(sweep.run_dir / ".ray"),
-                                  callbacks=[progress,
-                                             _Recorder(sweep.run_dir, sweep.storage_uri,
-                                                       progress),
+                                  callbacks=[progress, _Recorder(progress),
                                              JsonLoggerCallback(),
                                              CSVLoggerCallback()], verbose=0,
                                   # A trial whose own process died (its node lost)
@@ -238,15 +253,19 @@ def _tuner(sweep: SweepConfig, specs: list[dict], local: bool, concurrency: int,
                                   # that failed for a reason returns its record instead.
                                   failure_config=tune.FailureConfig(
                                       max_failures=max(t.config.run.max_failures
-                                                       for t in sweep.trials))),
+                                                       for s in sweeps for t in s.trials))),
     )
 
 
-def _baseline(sweep: SweepConfig, local: bool) -> None:
+def _baseline(sweep: SweepConfig, local: bool, evaluated: dict[str, tuple[str, list]]) -> None:
     """The random-init reference of every protocol, once per sweep, from the first ok trial.
 
     It runs after the trials: on a local instance the whole machine is free by then, so a CPU
-    evaluation takes every CPU Ray has, not one trial's share."""
+    evaluation takes every CPU Ray has, not one trial's share. `evaluated`: {key: (sweep name,
+    records)} of the baselines this command has run. A sweep whose baseline is the same
+    evaluation of the same random backbone as one of those (one architecture, stem,
+    resolution, data set, protocols and evaluation settings, their seed included: the
+    ablation files) gets a copy of its records, marked with the sweep that ran them."""
     if not sweep.baseline:
         return
     have = read_baselines(sweep.run_dir)
@@ -261,9 +280,22 @@ def _baseline(sweep: SweepConfig, local: bool) -> None:
             if local and not workers.use_gpu:
                 cpus = max(1, min(usable_cpus(), int(ray.cluster_resources().get("CPU", 1))))
                 workers = dataclasses.replace(workers, num_workers=1, cpus_per_worker=cpus)
-            records = evaluate_in_ray(cfg.run.run_location, sweep.protocols, cfg.data.dir,
-                                      transfer_dirs=sweep.transfer, settings=sweep.eval_settings,
-                                      workers=workers, init="random")
+            key = json.dumps({"arch": cfg.model.arch, "stem": cfg.model.small_image_stem,
+                              "resolution": cfg.data.resolution, "data": str(cfg.data.dir),
+                              "protocols": list(sweep.protocols),
+                              "transfer": [str(d) for d in sweep.transfer],
+                              "settings": dataclasses.asdict(sweep.eval_settings),
+                              "device": [workers.use_gpu, workers.cpus_per_worker]},
+                             sort_keys=True, default=str)
+            if key in evaluated:
+                name, records = evaluated[key]
+                records = [{**r, "evaluated_for": name} for r in records]
+            else:
+                records = evaluate_in_ray(cfg.run.run_location, sweep.protocols, cfg.data.dir,
+                                          transfer_dirs=sweep.transfer,
+                                          settings=sweep.eval_settings, workers=workers,
+                                          init="random")
+                evaluated[key] = (sweep.name, records)
             for record in records:
                 write_baseline(sweep.run_dir, record)
             return
@@ -289,11 +321,11 @@ def _selected(sweep: SweepConfig, only: list[str] | None) -> set[str]:
     return set(only or ids)
 
 
-def run_sweep(sweep: SweepConfig, *, address: str | None = None, resume: bool = False,
-              verbose: bool = False, only: list[str] | None = None) -> list[dict]:
-    """Run the sweep's unfinished trials (of `only`, where given: a smoke run of one trial, or
-    a sweep split over several clusters); returns every trial's record. verbose: the workers'
-    output and Ray's own messages on the console too (else only in RUN_DIR/logs)."""
+def _todo(sweep: SweepConfig, *, local: bool, resume: bool,
+          only: list[str] | None) -> tuple[list, dict]:
+    """The sweep's trials still to run (of `only`, where given), checked, and {trial_id:
+    status} of those already finished; fetches the records of a sweep stored at a URI that
+    this machine has not seen (a resume from the URI alone). Writes nothing of the sweep."""
     selected = _selected(sweep, only)
     if sweep.storage_uri and not (sweep.run_dir / "sweep.json").is_file() and \
             exists(join(sweep.storage_uri, "sweep.json")):
@@ -301,11 +333,13 @@ def run_sweep(sweep: SweepConfig, *, address: str | None = None, resume: bool = 
         print(f"harness sweep: resuming from {sweep.storage_uri}", flush=True)
     done = {k: v for k, v in _check_existing(sweep, resume).items() if v in FINISHED}
     todo = [t for t in sweep.trials if t.trial_id not in done and t.trial_id in selected]
-    local = address is None
     if local:
         for t in todo:
             check_local_resources(t.config)
-    concurrency = _local_concurrency(sweep) if local else sweep.max_concurrent_trials
+    return todo, done
+
+
+def _start(sweep: SweepConfig, todo: list, done: dict, concurrency: int) -> None:
     left = len(sweep.trials) - len(done) - len(todo)
     print(f"harness sweep: '{sweep.name}' in {sweep.run_dir}: {len(sweep.trials)} trials, "
           f"{len(done)} already finished, {len(todo)} to run"
@@ -315,33 +349,78 @@ def run_sweep(sweep: SweepConfig, *, address: str | None = None, resume: bool = 
     write_sweep(sweep.run_dir, {**sweep.describe(), "provenance": record_provenance()})
     if sweep.storage_uri:
         upload(sweep.run_dir, sweep.storage_uri, "sweep.json")
+
+
+def _tune_runs(sweeps: list[SweepConfig], todo: list[list],
+               concurrency: list[int]) -> list[list[int]]:
+    """Which sweeps share a Tune run (indices into `sweeps`): all of those without a scheduler
+    that run as many trials at a time, so that one sweep's last trials and the next one's first
+    run side by side; each sweep with a scheduler on its own. In the order of the files."""
+    runs: list[list[int]] = []
+    shared: dict[int, list[int]] = {}
+    for i, sweep in enumerate(sweeps):
+        if not todo[i]:
+            continue
+        if sweep.scheduler:
+            runs.append([i])
+        elif concurrency[i] in shared:
+            shared[concurrency[i]].append(i)
+        else:
+            shared[concurrency[i]] = [i]
+            runs.append(shared[concurrency[i]])
+    return runs
+
+
+def run_sweeps(sweeps: list[SweepConfig], *, address: str | None = None, resume: bool = False,
+               verbose: bool = False, only: list[str] | None = None) -> list[list[dict]]:
+    """Run the unfinished trials of every sweep (of `only`, where given: a smoke run of one
+    trial, or a sweep split over several clusters) on one Ray instance; returns each sweep's
+    trial records. Every sweep is checked, and on a cluster the cluster too, before any trial
+    starts. verbose: the workers' output and Ray's own messages on the console too (else only
+    in RUN_DIR/logs)."""
+    local = address is None
+    concurrency = [_local_concurrency(s) if local else s.max_concurrent_trials for s in sweeps]
+    todo, done = zip(*(_todo(s, local=local, resume=resume, only=only) for s in sweeps))
+    for sweep, *part in zip(sweeps, todo, done, concurrency):  # all checked: now write
+        _start(sweep, *part)
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # see _tuner
-    with ray_session(address, resources={SLOT: concurrency} if local else None,
+    with ray_session(address, resources={SLOT: max(concurrency)} if local else None,
                      log_to_driver=verbose):
-        _link_logs(sweep.run_dir)
+        for sweep in sweeps:
+            _link_logs(sweep.run_dir)
         if not verbose:
             print(f"harness sweep: the workers' output and Ray's messages go to "
-                  f"{sweep.run_dir / 'logs'} (--verbose: here too)", flush=True)
+                  f"{sweeps[0].run_dir / 'logs'}"
+                  + (", linked from each sweep's folder" if len(sweeps) > 1 else "")
+                  + " (--verbose: here too)", flush=True)
         if not local:
             from harness.sweep.cluster_check import check_cluster
 
-            w = sweep.trials[0].config.workers
-            check_cluster(gpus_per_trial=w.num_workers if w.use_gpu else 0,
-                          cpus_per_trial=w.num_workers * w.cpus_per_worker,
-                          data_dirs=sorted({t.config.data.dir for t in sweep.trials}
-                                           | set(sweep.transfer)),
-                          storage_path=sweep.storage_uri or str(sweep.run_dir))
-        if todo:
-            _tuner(sweep, _trial_specs(sweep, todo, address), local, concurrency,
-                   verbose).fit()
-        _baseline(sweep, local)
-    return read_trials(sweep.run_dir)
+            for sweep in sweeps:
+                w = sweep.trials[0].config.workers
+                check_cluster(gpus_per_trial=w.num_workers if w.use_gpu else 0,
+                              cpus_per_trial=w.num_workers * w.cpus_per_worker,
+                              data_dirs=sorted({t.config.data.dir for t in sweep.trials}
+                                               | set(sweep.transfer)),
+                              storage_path=sweep.storage_uri or str(sweep.run_dir))
+        for run in _tune_runs(sweeps, todo, concurrency):
+            specs = [spec for i in run
+                     for spec in _trial_specs(sweeps[i], todo[i], address, len(run) == 1)]
+            _tuner([sweeps[i] for i in run], specs, local, concurrency[run[0]], verbose).fit()
+        evaluated: dict[str, tuple[str, list]] = {}
+        for sweep in sweeps:
+            _baseline(sweep, local, evaluated)
+    return [read_trials(s.run_dir) for s in sweeps]
 
 
 def sweep_command(args: argparse.Namespace) -> int:
-    """`harness sweep FILE [FILE ...]`: each file a sweep of its own, one after another on one
-    Ray instance (the whole ablation suite in one command). Every file, and the trials that
-    will run, is checked before any trains; `--trials` names trials of every file."""
+    """`harness sweep FILE [FILE ...]`: each file a sweep of its own, all on one Ray instance
+    (the whole ablation suite in one command), each with its own folder and report. Every
+    file, and the trials that will run, is checked before any trains; `--trials` names trials
+    of every file. Files without a scheduler share one Tune run (run_sweeps)."""
+    from harness.results.report import load_report, text, write_report
+    from harness.results.layout import report_dir
+
     paths = args.config  # one or more (nargs="+")
     if args.name and len(paths) > 1:
         raise ConfigError(f"--name {args.name}: names one sweep, but {len(paths)} files are "
@@ -354,46 +433,31 @@ def sweep_command(args: argparse.Namespace) -> int:
     if twice:
         raise ConfigError(f"two of the files are one sweep in {twice[0]} (the same name): give "
                           "each file its own `name`")
-    local = args.address is None
-    slots = max(_local_concurrency(s) for s in sweeps) if local else None
-    # One instance for all: each sweep's run_sweep joins it (harness.ray_runtime.ray_session).
-    with ray_session(args.address, resources={SLOT: slots} if local else None,
-                     log_to_driver=args.verbose):
-        codes = []
-        for sweep in sweeps:
-            code = _one_sweep(sweep, args)
-            if code == 130:
-                return code
-            codes.append(code)
+    start = time.perf_counter()
+    try:
+        results = run_sweeps(sweeps, address=args.address, resume=args.resume,
+                             verbose=args.verbose, only=args.trials)
+    except KeyboardInterrupt:
+        print(f"\nharness sweep: interrupted; run the same command again to resume "
+              f"({', '.join(str(s.run_dir) for s in sweeps)})")
+        return 130
+    codes = []
+    for sweep, trials in zip(sweeps, results):
+        if sweep.storage_uri:  # the trials' training records, written from their nodes
+            download_records(sweep.storage_uri, sweep.run_dir)
+        report = load_report(sweep.run_dir)
+        write_report(report, report_dir(sweep.run_dir))
+        if sweep.storage_uri:
+            upload(sweep.run_dir, sweep.storage_uri)
+        print(text(report))
+        counts = {s: sum(t["status"] == s for t in trials) for s in ("ok", "failed", "stopped")}
+        print(f"harness sweep: '{sweep.name}' done in {time.perf_counter() - start:.0f} s: "
+              + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+              + f". Results: {report_dir(sweep.run_dir)}"
+              + (f" (mirrored to {sweep.storage_uri})" if sweep.storage_uri else "") + "; "
+              f"TensorBoard: tensorboard --logdir {sweep.run_dir} --host 127.0.0.1")
+        codes.append(0 if counts["ok"] else 1)
     if len(sweeps) > 1:
         print("harness sweep: " + "; ".join(
             f"{s.name} {'ok' if c == 0 else 'no trial ok'}" for s, c in zip(sweeps, codes)))
     return max(codes)
-
-
-def _one_sweep(sweep: SweepConfig, args: argparse.Namespace) -> int:
-    from harness.results.report import load_report, text, write_report
-    from harness.results.layout import report_dir
-
-    start = time.perf_counter()
-    try:
-        trials = run_sweep(sweep, address=args.address, resume=args.resume,
-                           verbose=args.verbose, only=args.trials)
-    except KeyboardInterrupt:
-        print(f"\nharness sweep: interrupted; run the same command again to resume "
-              f"({sweep.run_dir})")
-        return 130
-    if sweep.storage_uri:  # the trials' training records, written from their nodes
-        download_records(sweep.storage_uri, sweep.run_dir)
-    report = load_report(sweep.run_dir)
-    write_report(report, report_dir(sweep.run_dir))
-    if sweep.storage_uri:
-        upload(sweep.run_dir, sweep.storage_uri)
-    print(text(report))
-    counts = {s: sum(t["status"] == s for t in trials) for s in ("ok", "failed", "stopped")}
-    print(f"harness sweep: done in {time.perf_counter() - start:.0f} s: "
-          + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
-          + f". Results: {report_dir(sweep.run_dir)}"
-          + (f" (mirrored to {sweep.storage_uri})" if sweep.storage_uri else "") + "; "
-          f"TensorBoard: tensorboard --logdir {sweep.run_dir} --host 127.0.0.1")
-    return 0 if counts["ok"] else 1

@@ -208,9 +208,9 @@ def _documented_smoke_command() -> list[str]:
 
 def test_every_ablation_file_runs_a_trial_with_the_documented_smoke_command(cifar_prepared,
                                                                            tmp_path):
-    """The command the ablation files document for a CPU: one trial of each file, one after
-    another on one local Ray instance, each trained with its own variant, evaluated, and
-    reported with the paper's numbers beside. Here on the suite's 360 images instead of the
+    """The command the ablation files document for a CPU: one trial of each file, all in one
+    Tune run on one local Ray instance, each trained with its own variant, evaluated, and
+    reported with the paper's numbers beside and one shared random-init baseline. Here on the suite's 360 images instead of the
     1% subset of CIFAR-10 (3 steps of 128 there, 2 here)."""
     args = _documented_smoke_command()
     assert args[:3] == ["harness", "sweep", "experiments/ablations/*.yaml"]
@@ -225,11 +225,15 @@ def test_every_ablation_file_runs_a_trial_with_the_documented_smoke_command(cifa
     overrides = [args[i + 1] for i, a in enumerate(args) if a == "--set"] + ours
     evals = [args[i + 1] for i, a in enumerate(args) if a == "--eval-set"]
     assert "harness sweep: " + "; ".join(f"ablation_{p.stem} ok" for p in files) in out
+    spans, baselines = [], []
     for path in files:
         sweep = load_sweep(path, storage_path=str(tmp_path / "smoke"), overrides=overrides,
                            eval_overrides=evals, only=["t0001"])
         trials = read_trials(sweep.run_dir)
         assert [(t["trial_id"], t["status"]) for t in trials] == [("t0001", "ok")], trials
+        timing = trials[0]["timing"]
+        spans.append((timing["started_unix"], timing["started_unix"] + timing["wall_s"]))
+        baselines.append(read_baselines(sweep.run_dir))
         assert trials[0]["params"] == sweep.trials[1].params
         assert set(trials[0]["evals"]) == {"linear", "knn"}
         # The worker trained the file's variant: its launch record holds the trial's config.
@@ -251,6 +255,17 @@ def test_every_ablation_file_runs_a_trial_with_the_documented_smoke_command(cifa
         assert re.search(r"\| \d+\.\d ± 0\.0 \(n=1\) \|", rows[point_key(measured)]), \
             (path.name, section)
         assert "Verdicts:" in section
+    # One Tune run for the five files: two trials at a time on this 2-CPU machine (a trial
+    # takes one), so some trials of different files ran side by side.
+    assert any(a[0] < b[1] and b[0] < a[1] for i, a in enumerate(spans) for b in spans[i + 1:]), \
+        spans
+    # One random-init evaluation for the five: it ran for the first file, the others hold a
+    # marked copy of its records.
+    first, *others = baselines
+    assert all("evaluated_for" not in r for r in first.values())
+    for other in others:
+        assert {k: (r["metrics"], r["evaluated_for"]) for k, r in other.items()} == \
+            {k: (r["metrics"], "ablation_augmentations") for k, r in first.items()}
 
 
 def test_killed_sweep_resumes_only_unfinished_trials_and_nan_fails(cifar_prepared, tmp_path,

@@ -295,6 +295,21 @@ def test_several_files_are_all_checked_before_any_runs(tmp_path, cifar_prepared,
     assert not (tmp_path / "sweeps").exists()
 
 
+def test_sweeps_without_a_scheduler_and_of_one_concurrency_share_a_tune_run():
+    """harness.sweep.run._tune_runs: several files' trials side by side where they can be; a
+    sweep with ASHA alone (its scheduler compares one sweep's trials), and one that runs
+    another number of trials at a time alone; a sweep with nothing to run in none."""
+    from types import SimpleNamespace
+
+    from harness.sweep.run import _tune_runs
+
+    plain, asha = SimpleNamespace(scheduler=None), SimpleNamespace(scheduler={"type": "asha"})
+    sweeps = [plain, asha, plain, plain, plain, plain, asha]
+    todo = [["t"], ["t"], ["t"], [], ["t"], ["t"], ["t"]]
+    concurrency = [2, 2, 2, 2, 1, 2, 2]
+    assert _tune_runs(sweeps, todo, concurrency) == [[0, 2, 5], [1], [4], [6]]
+
+
 @pytest.mark.parametrize("evaluate, message", [
     ({"protocols": ["semi"], "settings": {"semi_subsets": "5pct"}},
      r"evaluate: .*no label subset '5pct'"),

@@ -22,7 +22,7 @@ class _Clock:
 
 
 def _trial(trial_id: str) -> SimpleNamespace:
-    return SimpleNamespace(config={"trial": {"trial_id": trial_id}})
+    return SimpleNamespace(config={"trial": {"trial_id": trial_id, "name": trial_id}})
 
 
 TRIALS = {"t0000": ({"loss.lambd": 0.0025, "seed": 0}, 2),
