@@ -280,11 +280,11 @@ def _baseline(sweep: SweepConfig, local: bool, evaluated: dict[str, tuple[str, l
             if local and not workers.use_gpu:
                 cpus = max(1, min(usable_cpus(), int(ray.cluster_resources().get("CPU", 1))))
                 workers = dataclasses.replace(workers, num_workers=1, cpus_per_worker=cpus)
+            request = EvalRequest.of(sweep.protocols, sweep.eval_settings, sweep.transfer,
+                                     "random")
             key = json.dumps({"arch": cfg.model.arch, "stem": cfg.model.small_image_stem,
                               "resolution": cfg.data.resolution, "data": str(cfg.data.dir),
-                              "protocols": list(sweep.protocols),
-                              "transfer": [str(d) for d in sweep.transfer],
-                              "settings": dataclasses.asdict(sweep.eval_settings),
+                              "request": request.to_dict(),
                               "device": [workers.use_gpu, workers.cpus_per_worker]},
                              sort_keys=True, default=str)
             if key in evaluated:
@@ -451,7 +451,8 @@ def sweep_command(args: argparse.Namespace) -> int:
             upload(sweep.run_dir, sweep.storage_uri)
         print(text(report))
         counts = {s: sum(t["status"] == s for t in trials) for s in ("ok", "failed", "stopped")}
-        print(f"harness sweep: '{sweep.name}' done in {time.perf_counter() - start:.0f} s: "
+        print(f"harness sweep: '{sweep.name}' done, {time.perf_counter() - start:.0f} s after "
+              "the command started: "
               + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
               + f". Results: {report_dir(sweep.run_dir)}"
               + (f" (mirrored to {sweep.storage_uri})" if sweep.storage_uri else "") + "; "
