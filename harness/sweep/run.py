@@ -62,10 +62,10 @@ from harness.sweep.config import (SCHEDULER_METRICS, SweepConfig, check_trial_id
 from harness.sweep.progress import SweepProgress  # noqa: E402
 from harness.storage import download, download_records, exists, join, upload  # noqa: E402
 
-__all__ = ["run_sweeps", "sweep_command", "run_trial", "SLOT", "FINISHED"]
+__all__ = ["run_sweeps", "sweep_command", "run_trial", "SLOT", "TRIAL_MEMORY", "FINISHED"]
 
 SLOT = "harness_trial_slot"
-_TRIAL_MEMORY = 2**20  # bytes: a token, so that a trial's request on a cluster is not empty
+TRIAL_MEMORY = 2**20  # bytes: a token, so that a trial's request on a cluster is not empty
 FINISHED = ("ok", "failed", "stopped")
 
 
@@ -214,7 +214,7 @@ def _tuner(sweeps: list[SweepConfig], specs: list[dict], local: bool, concurrenc
     # The trial's own process only waits on Train and Tune: no CPU. Ray refuses an empty
     # request, so on a cluster it asks for a token of memory instead (any node has it); on a
     # local instance for one of its trial slots (max_concurrent_trials).
-    resources = {"CPU": 0, **({SLOT: 1} if local else {"memory": _TRIAL_MEMORY})}
+    resources = {"CPU": 0, **({SLOT: 1} if local else {"memory": TRIAL_MEMORY})}
     scheduler = metric = mode = None
     (sweep, *others) = sweeps
     if sweep.scheduler:

@@ -1,7 +1,7 @@
 """A multi-node Ray cluster on this machine, with S3 as its only shared storage.
 
 The cluster is real: a head (no CPUs: it schedules, it does not train) and two worker nodes,
-each a raylet of its own on 127.0.0.1 with one CPU. Each worker node runs in a mount namespace
+each a raylet of its own on 127.0.0.1 with two CPUs. Each worker node runs in a mount namespace
 of its own (node_process.py), so that it sees its own data folder at the path every node uses,
 staged from the bucket with `harness stage` as cluster.yaml's set-up does; no node can read
 another's. Each node also has its own working folder for the harness (BT_STORAGE_CACHE). The
@@ -10,7 +10,8 @@ one place they share is a bucket on moto's S3 server, on 127.0.0.1, which `harne
 export to. The head serves Ray's dashboard on 127.0.0.1 (its address in
 RAY_API_SERVER_ADDRESS), as cluster.yaml's head does, and keeps too little memory for a sweep
 trial's own process, so that trials run on the worker nodes, as on a cluster of spot workers
-only (a pretraining's Ray Train controller stays on the driver's node, the head). What is
+only (a pretraining's Ray Train controller stays on the driver's node, the head); each worker
+node has the memory for one trial's process. What is
 simulated: the machines (the nodes share this one's CPUs, and its disk outside their data
 folders) and the autoscaler (the test adds the replacement node). What is real: Ray's nodes
 and their processes, the S3 protocol, the SIGKILL of a node's raylet.
@@ -21,14 +22,16 @@ and their processes, the S3 protocol, the SIGKILL of a node's raylet.
   checkpoint in S3 (the new rank 0's node has never seen the run) and ends with each epoch
   once.
 - Neither placement nor that loss changes the math: the run takes the same per-step losses as
-  2 workers on one node (a local instance) with nothing lost, same seed and data.
+  2 workers on one node (a local instance, run at the same time) with nothing lost, same seed
+  and data.
 - `harness export` and `harness eval` read that run from its URI.
 - A node that joined without the data set is named by the cluster check before any trial.
-- Node loss in a sweep stored in S3, both cases in one sweep of two trials: t0000 loses the
-  node holding its own process (Tune's trial actor; Tune starts the trial again and it resumes
-  from its checkpoint), t0001 a node holding only training workers (Ray Train resumes it
-  inside the trial). Every trial is evaluated once and reported once, and the finished trial
-  is untouched by the other's loss.
+- Node loss in a sweep stored in S3, both cases in one loss: two trials run at once, each with
+  a training worker on each node and its own process (Tune's trial actor) on one of them. The
+  node that vanishes holds one trial's process (Tune starts that trial again and it resumes
+  from its checkpoint) and only a training worker of the other (Ray Train resumes it inside
+  the trial, which Tune never restarts). Every trial is evaluated once and reported once, and
+  the records each trial wrote before the loss are kept as they were.
 
 Why the dashboard: Ray Train frees the placement group of a run whose controller died through
 a cleaner on the head that asks the dashboard's state API; without it the lost trial's CPUs on
@@ -49,6 +52,7 @@ from pathlib import Path
 import pytest
 
 from harness.ray_runtime import ray_session  # noqa: F401  (first: Ray's environment)
+from harness.sweep.run import TRIAL_MEMORY  # noqa: E402
 
 from moto_s3 import TEST_CREDENTIALS, free_port, moto_server, s3_uri  # noqa: E402
 from processes import guard, kill_tree, run_tree  # noqa: E402
@@ -116,14 +120,15 @@ class _Cluster:
         assert staged.returncode == 0, staged.stdout
 
     def add(self, name: str, *, stage: bool = True) -> str:
-        """A worker node with one CPU and folders of its own (data staged unless `stage` is
-        False); its node id, once it is alive."""
+        """A worker node with two CPUs, the memory for one sweep trial's process and folders
+        of its own (data staged unless `stage` is False); its node id, once it is alive."""
         own = self.root / name
         (own / "data").mkdir(parents=True)
         if stage:
             self._stage(own / "data")
         script = (f"mount --bind {own / 'data'} {self.data} && exec {sys.executable} "
-                  f"{NODE_PROCESS} {self.cluster.address} --num-cpus 1")
+                  f"{NODE_PROCESS} {self.cluster.address} --num-cpus 2 "
+                  f"--memory {3 * TRIAL_MEMORY // 2}")
         proc = subprocess.Popen(["unshare", "--mount", "sh", "-c", script], text=True,
                                 stdout=subprocess.PIPE, start_new_session=True,
                                 env={**os.environ, "BT_STORAGE_CACHE": str(own)})
@@ -229,36 +234,41 @@ def spread_run(cluster, s3, data_dir, tmp_path_factory) -> dict:
     """A 2-epoch run with one worker on each worker node. Once epoch 1 is checkpointed in S3
     and epoch 2 under way, the node holding rank 0 vanishes (its raylet and the processes it
     started SIGKILLed) and a replacement joins: Ray Train restarts the worker group, which
-    resumes from the checkpoint in S3. Its URI, its output and what was lost, when."""
+    resumes from the checkpoint in S3. Its URI, its output and what was lost, when; and the
+    URI of the same run with both workers on one node (a local Ray instance of 2 CPUs, on
+    its own: it shares no process or storage with the cluster but the bucket), run at the
+    same time, so that its start-up overlaps the cluster run's waits."""
     from harness.storage import join
 
     uri = s3_uri(s3, "runs")
     run = join(uri, "spread")
-    cmd = _args(data_dir, uri, "spread", "epochs=2", "workers.placement=STRICT_SPREAD") + \
-        ["--address", cluster.cluster.address]
-    out, rc, [(rank0, killed_at, killed)] = _run_with_losses(
-        cluster, cmd, [(run, _rank0_node(cluster, "spread"))],
-        tmp_path_factory.mktemp("spread"), fast_machine_s=60)
+    tmp = tmp_path_factory.mktemp("spread")
+    packed = subprocess.Popen(_args(data_dir, uri, "packed", "epochs=2"), text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              start_new_session=True,
+                              env={**os.environ, "BT_STORAGE_CACHE": str(tmp / "packed")})
+    try:
+        cmd = _args(data_dir, uri, "spread", "epochs=2", "workers.placement=STRICT_SPREAD") + \
+            ["--address", cluster.cluster.address]
+        out, rc, [(rank0, killed_at, killed)] = _run_with_losses(
+            cluster, cmd, [((run,), _rank0_node(cluster, "spread"))], tmp, fast_machine_s=60)
+        packed_out, _ = packed.communicate(timeout=guard(90))
+    finally:
+        kill_tree(packed)
     assert rc == 0, out[-4000:]
-    return {"uri": run, "out": out, "rank0": rank0, "killed_at": killed_at, "killed": killed}
+    assert packed.returncode == 0, packed_out[-3000:]
+    return {"uri": run, "out": out, "rank0": rank0, "killed_at": killed_at, "killed": killed,
+            "packed": join(uri, "packed")}
 
 
-def test_placement_and_node_loss_do_not_change_the_math(spread_run, cluster, s3, data_dir,
-                                                        tmp_path):
+def test_placement_and_node_loss_do_not_change_the_math(spread_run, tmp_path):
     """The spread run, with its node loss and resume, takes the same per-step losses as the
     same run with both workers on one node and nothing lost: the placement does not change
     the math, and a resume from a checkpoint continues exactly (harness.pretrain.worker's
     _seed_epoch: an epoch's data does not depend on how the run got there)."""
     from harness.pretrain.run_log import read_metrics
-    from harness.storage import join
 
-    spread = spread_run["uri"]
-    # The same run with both workers on one node: a local Ray instance of 2 CPUs.
-    uri = s3_uri(s3, "runs")
-    packed = run_tree(_args(data_dir, uri, "packed", "epochs=2"), timeout=guard(90),
-                      env={**os.environ, "BT_STORAGE_CACHE": str(tmp_path / "driver")})
-    assert packed.returncode == 0, packed.stdout[-3000:]
-    packed_run = join(uri, "packed")
+    spread, packed_run = spread_run["uri"], spread_run["packed"]
     assert [m["workers/nodes"] for m in read_metrics(spread)] == [2, 2]
     assert [m["workers/nodes"] for m in read_metrics(packed_run)] == [1, 1]
     a = _step_losses(spread, tmp_path / "a")
@@ -321,8 +331,8 @@ def test_export_and_eval_read_the_run_from_s3(spread_run, cifar_prepared, tmp_pa
 
 
 def _sweep_file(tmp_path: Path, name: str, data_dir: Path, uri: str) -> Path:
-    """A sweep of two trials stored at `uri`, one after the other, each trial's two workers on
-    the two worker nodes (and its own process on one of them)."""
+    """A sweep of two trials of 3 epochs stored at `uri`, both at once, each trial's two
+    workers on the two worker nodes (and its own process on one of them)."""
     import yaml
 
     path = tmp_path / f"{name}.yaml"
@@ -330,14 +340,14 @@ def _sweep_file(tmp_path: Path, name: str, data_dir: Path, uri: str) -> Path:
         "name": name, "experiment": str(EXPERIMENTS / "cifar10_cpu.yaml"),
         "storage_path": uri,
         "set": {"data.dir": str(data_dir), "data.subset": None, "data.resolution": 16,
-                "batch_size": 64, "epochs": 2, "warmup_epochs": 1,
+                "batch_size": 64, "epochs": 3, "warmup_epochs": 1,
                 "model.projector": "128-128", "workers.num_workers": 2,
                 "workers.placement": "STRICT_SPREAD", "run.checkpoint_every": 1,
                 "run.max_failures": 2, "probe.enabled": False},
         "search": {"mode": "grid", "space": {"loss.lambd": [0.005, 0.01]}, "seeds": [0]},
         "evaluate": {"protocols": ["knn"], "baseline": False,
                      "settings": {"loader_workers": 1, "test_images": 50, "val_images": 50}},
-        "resources": {"max_concurrent_trials": 1}, "metric": "knn/val/k200_top1"}))
+        "resources": {"max_concurrent_trials": 2}, "metric": "knn/val/k200_top1"}))
     return path
 
 
@@ -368,11 +378,11 @@ def test_a_node_without_the_data_set_is_named_before_any_trial(cluster, s3, data
 
 def _run_with_losses(cluster: _Cluster, cmd: list[str], losses, tmp_path: Path, *,
                      fast_machine_s: float):
-    """Run `cmd`, and for each (run URI, node picker) of `losses` in turn: once that run has
-    checkpointed epoch 1 in S3 (Ray Train has registered it: its checkpoint manager's snapshot
-    is written then) and epoch 2 is under way, the node the picker names vanishes and a
-    replacement with an empty folder joins, as the autoscaler's would. Returns the output,
-    the exit code and, per loss, (the node, when it was lost, the pids killed)."""
+    """Run `cmd`, and for each (run URIs, node picker) of `losses` in turn: once each of those
+    runs has checkpointed epoch 1 in S3 (Ray Train has registered it: its checkpoint manager's
+    snapshot is written then) and the next epoch is under way, the node the picker names
+    vanishes and a replacement with an empty folder joins, as the autoscaler's would. Returns
+    the output, the exit code and, per loss, (the node, when it was lost, the pids killed)."""
     from harness.pretrain.run_log import read_metrics
     from harness.storage import exists, join
 
@@ -381,10 +391,10 @@ def _run_with_losses(cluster: _Cluster, cmd: list[str], losses, tmp_path: Path, 
                             env={**os.environ, "BT_STORAGE_CACHE": str(tmp_path / "driver")})
     lost = []
     try:
-        for run, pick in losses:
-            _wait_for(f"epoch 1's checkpoint of {run} in S3",
-                      lambda: len(read_metrics(run)) == 1 and exists(join(run, RAY_SNAPSHOT)),
-                      guard(fast_machine_s), proc)
+        for runs, pick in losses:
+            _wait_for(f"epoch 1's checkpoint of {', '.join(runs)} in S3",
+                      lambda: all(read_metrics(run) and exists(join(run, RAY_SNAPSHOT))
+                                  for run in runs), guard(fast_machine_s), proc)
             node = pick()
             lost.append((node, time.time(), cluster.reclaim(node)))
             cluster.add(f"{node}-replacement")
@@ -422,70 +432,71 @@ def _folders_with_run(cluster: _Cluster, name: str) -> set[str]:
             for p in cluster.root.glob(f"*/runs/{name}-*/metrics.jsonl")}
 
 
-def _trial_node(cluster: _Cluster, *, holding: bool = True):
-    """A picker: the worker node that runs the sweep's trial process (Tune's trial actor), or
-    with `holding` False the one that does not (it holds only a training worker)."""
+def _trial_processes(cluster: _Cluster) -> dict[str, int]:
+    """Per worker node, how many sweep trial processes (Tune's trial actors) it runs."""
     import psutil
 
-    def pick() -> str:
-        found = [name for name, proc in cluster.workers.items()
-                 if holding == any("ImplicitFunc" in " ".join(p.cmdline())
-                                   for p in psutil.Process(proc.pid).children(recursive=True))]
-        assert len(found) == 1, found
-        return found[0]
-    return pick
+    return {name: sum("ImplicitFunc" in " ".join(p.cmdline())
+                      for p in psutil.Process(proc.pid).children(recursive=True))
+            for name, proc in cluster.workers.items()}
 
 
 def test_sweep_in_s3_survives_node_losses_of_both_kinds(cluster, s3, data_dir, tmp_path):
-    """A sweep stored in S3, two trials one after the other, each trial's two workers on the
-    two worker nodes. In t0000's epoch 2 the node holding t0000's own process vanishes: Tune
-    starts the trial again and it resumes from its checkpoint in S3. In t0001's epoch 2 the
-    node holding only one of t0001's training workers vanishes: Ray Train resumes it inside
-    the trial. A replacement joins after each. Each trial ends with one evaluation record,
-    t0000's records are untouched by t0001's loss, and the report lists each trial once."""
+    """A sweep stored in S3, two trials at once, each trial's two workers on the two worker
+    nodes and its own process on one of them (each node has the memory for one). Once both
+    have checkpointed epoch 1, one node vanishes: the trial whose process it held is started
+    again by Tune and resumes from its checkpoint in S3; the other lost only a training
+    worker, and Ray Train resumes it inside the trial. A replacement joins. Each trial ends
+    with one evaluation record and each epoch once, the records from before the loss are kept
+    as they were, and the report lists each trial once."""
     from harness.storage import join, read_text
 
     uri = s3_uri(s3, "runs", "sweeps")
     path = _sweep_file(tmp_path, "nodes", data_dir, uri)
     sweep = join(uri, "nodes")
     runs = {t: join(sweep, "trials", t, "pretrain") for t in ("t0000", "t0001")}
-    finished = [join(sweep, "trials", "t0000", "trial.json"),  # its evaluation is in here
-                join(runs["t0000"], "metrics.jsonl"), join(runs["t0000"], "launches.jsonl")]
-    kept: list[str | None] = []
+    before: dict[str, list[str]] = {}
 
-    def worker_node_of_t0001() -> str:
-        kept.extend(read_text(f) for f in finished)   # t0000's records as the loss hits
-        return _trial_node(cluster, holding=False)()
+    def node_of_one_trial_process() -> str:
+        held = _trial_processes(cluster)
+        assert sorted(held.values()) == [1, 1], held   # one trial's process on each node
+        for trial, run in runs.items():                # what each trial wrote so far
+            before[trial] = [read_text(join(run, f)) for f in ("metrics.jsonl",
+                                                               "launches.jsonl")]
+        return sorted(held)[0]
 
-    out, rc, lost = _run_with_losses(
+    out, rc, [(_, lost_at, killed)] = _run_with_losses(
         cluster, [str(HARNESS), "sweep", str(path), "--address", cluster.cluster.address],
-        [(runs["t0000"], _trial_node(cluster)), (runs["t0001"], worker_node_of_t0001)],
-        tmp_path, fast_machine_s=120)
+        [(tuple(runs.values()), node_of_one_trial_process)], tmp_path, fast_machine_s=120)
     assert rc == 0, out[-5000:]
-    (_, t0000_lost, t0000_killed), (_, t0001_lost, _) = lost
-    assert len(t0000_killed) >= 3      # the raylet, the trial's process, the Train worker there
-    # t0000 launched twice: Tune restarted its lost process, which resumed from the S3
-    # checkpoint; t0001 once: Ray Train replaced its lost worker inside the trial.
-    check_sweep_after_loss(sweep, runs, {"t0000": t0000_lost, "t0001": t0001_lost},
-                           launches={"t0000": 2, "t0001": 1})
-    assert None not in kept and [read_text(f) for f in finished] == kept
+    # The raylet, a trial's process and the two trials' Train workers there, at least.
+    assert len(killed) >= 4, killed
+    launches = check_sweep_after_loss(sweep, runs, lost_at)
+    # One trial launched twice: Tune restarted its lost process, which resumed from the S3
+    # checkpoint. The other once: Ray Train replaced its lost worker inside the trial.
+    assert sorted(launches.values()) == [1, 2], launches
+    for trial, run in runs.items():   # what was written before the loss, as it was
+        metrics, launched = before[trial]
+        assert read_text(join(run, "metrics.jsonl")).startswith(metrics), trial
+        assert read_text(join(run, "launches.jsonl")).startswith(launched), trial
 
 
-def check_sweep_after_loss(sweep: str, runs: dict[str, str], killed_at: dict[str, float], *,
-                           launches: dict[str, int]) -> None:
-    """Every trial of the sweep at `sweep` ended ok with one knn evaluation, trained each of
-    its 2 epochs once, and was launched as often as `launches` says; each trial's epoch 1 is
-    the record from before its loss at `killed_at`; the report lists each trial once."""
+def check_sweep_after_loss(sweep: str, runs: dict[str, str], lost_at: float) -> dict[str, int]:
+    """Every trial of the sweep at `sweep` ended ok with one knn evaluation and trained each
+    of its 3 epochs once, the first before the loss at `lost_at` and the last after; the
+    report lists each trial once. The number of launches of each trial."""
     from harness.pretrain.run_log import read_metrics
     from harness.storage import join, read_text
 
+    launches = {}
     for trial, run in runs.items():
         record = json.loads(read_text(join(sweep, "trials", trial, "trial.json")))
         assert record["status"] == "ok" and set(record["evals"]) == {"knn"}, record
         metrics = read_metrics(run)
-        assert [m["epoch"] for m in metrics] == [1, 2]
-        assert metrics[0]["time"] < killed_at[trial] < metrics[1]["time"]
-        assert len(read_text(join(run, "launches.jsonl")).splitlines()) == launches[trial]
+        assert [m["epoch"] for m in metrics] == [1, 2, 3]
+        assert metrics[0]["time"] < lost_at < metrics[-1]["time"], (trial, lost_at, metrics)
+        launches[trial] = len(read_text(join(run, "launches.jsonl")).splitlines())
     table = read_text(join(sweep, "report", "results.md"))
     for trial in runs:  # one row each in the trials table (★: the best)
         assert len(re.findall(rf"^\| {trial}( ★)? \| ok \|", table, re.M)) == 1, table
+    return launches
