@@ -53,6 +53,7 @@ from ffcv.pipeline.compiler import Compiler
 from ffcv.transforms import Squeeze, ToDevice, ToTensor, ToTorchImage
 
 from .augment import BatchAugment, ViewAugment, normalize
+from .cpu_input import InputBuffers, normalized_input
 from .ffcv_augment import PhotometricAugment
 from .ffcv_flip import HorizontalFlip
 from .ffcv_reader import install as _install_cached_reader
@@ -151,6 +152,14 @@ class _LoaderSpec:
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """A float batch in [0, 1] standardised with the data set's statistics, in place."""
         return normalize(images, self.stats.mean, self.stats.std)
+
+    def normalized(self, images: torch.Tensor, buffers: InputBuffers) -> torch.Tensor:
+        """The network's input from a uint8 batch as FFCV leaves it: a float tensor that
+        aliases nothing of FFCV's, standardised. On the CPU in one pass into one of the
+        loader's `buffers` that nothing refers to any more (cpu_input); on a GPU torch ops."""
+        if images.is_cuda:
+            return self.normalize(_to_float(images))
+        return normalized_input(images, self.stats.mean, self.stats.std, buffers)
 
     def stream_seed(self, stream: int) -> np.random.SeedSequence:
         """The seed of one random stream (a view's flips, the crops) of this loader and rank."""
@@ -328,8 +337,15 @@ class TwoViewLoader:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[TwoViewBatch]:
-        for view_a, view_b, label in self.raw_batches():
-            yield TwoViewBatch(self.spec.normalize(view_a), self.spec.normalize(view_b), label)
+        if self.photometric == "torch":
+            for view_a, view_b, label in self.raw_batches():
+                yield TwoViewBatch(self.spec.normalize(view_a), self.spec.normalize(view_b),
+                                   label)
+            return
+        normalized, buffers = self.spec.normalized, InputBuffers()
+        for image_a, image_b, label in self.uint8_batches():
+            yield TwoViewBatch(normalized(image_a, buffers), normalized(image_b, buffers),
+                               label.clone())
 
     def raw_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """(view_a, view_b, label) as augmented floats in [0, 1], before normalisation (for grids)."""
@@ -364,8 +380,9 @@ class LabelledLoader:
         return len(self.loader)
 
     def __iter__(self):
+        buffers = InputBuffers()
         for images, labels in _epoch(self.loader):
-            yield self.spec.normalize(_to_float(images)), labels.clone()
+            yield self.spec.normalized(images, buffers), labels.clone()
 
 
 def two_view_loader(path, *, batch_size: int, resolution: int,
