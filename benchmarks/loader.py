@@ -6,9 +6,11 @@ Six loaders make the same two Barlow Twins views with the same worker count and 
     on its threads (photometric="ffcv", the CPU default), each image decoded once for both
     views (decode="once", the default);
   - the same, per view: FFCV's decoder once per view (decode="per_view", two decodes);
-  - the same, as issue 13 found it: per view, and the uint8 batches to the network's input
-    as torch ops (a strided copy into float, / 255, - mean, / std: `raw_batches` and
-    `normalize`), where the loader now does it in one pass into reused arrays (cpu_input);
+  - the same, as issue 13 found it: per view, the photometric kernels of --as-found (a
+    revision; loaded from git into a module of their own), and the uint8 batches to the
+    network's input as torch ops (a strided copy into float, / 255, - mean, / std:
+    `raw_batches` and `normalize`), where the loader now does it in one pass into reused
+    arrays (cpu_input);
   - FFCV + torch: the augmentations as batched tensor ops after the batch leaves FFCV,
     here on the CPU in the consuming thread (photometric="torch", the GPU default);
   - FFCV decode only, once and per view: decode + crop + flip, uint8, no photometric
@@ -25,14 +27,17 @@ loader's first batch (its pipeline compile). Run from the repository root:
 
 import argparse
 import atexit
+import importlib.util
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tarfile
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 # An empty numba cache, so the kernels' compile time below is what a first run pays.
 _NUMBA_CACHE = tempfile.mkdtemp(prefix="bt-loader-bench-numba-")
@@ -48,6 +53,7 @@ from torchvision.datasets import ImageFolder  # noqa: E402
 
 from data_prep import prepare  # noqa: E402
 from environment import load_average, machine, revision, versions  # noqa: E402
+import harness.data.loaders  # noqa: E402
 from harness.data import (CIFAR_VIEWS, IMAGENET_VIEWS, Normalization, ViewAugment,  # noqa: E402
                           dataset_normalization, two_view_loader)
 from harness.data.augment import blur_kernel_size  # noqa: E402
@@ -91,6 +97,19 @@ def torchvision_pairs(loader: DataLoader):
         iterator._shutdown_workers()
 
 
+def kernels_at(revision: str, folder: Path):
+    """harness/data/ffcv_augment.py as it was at `revision`, imported as a module of its own."""
+    repo = Path(__file__).resolve().parents[1]
+    source = subprocess.run(["git", "show", f"{revision}:harness/data/ffcv_augment.py"],
+                            cwd=repo, capture_output=True, text=True, check=True).stdout
+    path = folder / f"ffcv_augment_{revision}.py"
+    path.write_text(source.replace("from .augment import", "from harness.data.augment import"))
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def as_before(loader):
     """The two-view loader's batches as it made them before issue 13: to float, then to the
     data set's statistics, as torch ops (its __iter__ then)."""
@@ -126,7 +145,8 @@ def unpack(archive: Path, dest: Path) -> Path:
     return dest
 
 
-def bench_dataset(name, folder: Path, resolution, views, write_mode, args, work: Path):
+def bench_dataset(name, folder: Path, resolution, views, write_mode, args, work: Path,
+                  old_kernels):
     beton_dir = work / f"{name}-{write_mode}"
     prepare(str(folder), beton_dir, write_mode=write_mode, num_workers=args.workers,
             progress=False)
@@ -141,6 +161,12 @@ def bench_dataset(name, folder: Path, resolution, views, write_mode, args, work:
             num_workers=args.workers, device="cpu", photometric=path, decode=decode)
         timed_pass(lambda: iter(ffcv[path, decode]), 1)
         first_batch_s[path, decode] = time.perf_counter() - start
+    # The loader as issue 13 found it: per view, with the kernels of then.
+    with mock.patch.object(harness.data.loaders, "PhotometricAugment",
+                           old_kernels.PhotometricAugment):
+        ffcv["as found"] = two_view_loader(
+            beton_dir / "train.beton", batch_size=args.batch, resolution=resolution, views=views,
+            num_workers=args.workers, device="cpu", photometric="ffcv", decode="per_view")
     # Normalised as the FFCV loaders are: with the data set's own statistics.
     two_views = TwoViews(views, resolution, dataset_normalization(beton_dir / "train.beton"))
     tv = DataLoader(ImageFolder(str(folder / "train"), transform=two_views),
@@ -148,7 +174,7 @@ def bench_dataset(name, folder: Path, resolution, views, write_mode, args, work:
     make_iter = {"torchvision": lambda: torchvision_pairs(tv),
                  "ffcv_numba": lambda: iter(ffcv["ffcv", "once"]),
                  "ffcv_numba_per_view": lambda: iter(ffcv["ffcv", "per_view"]),
-                 "ffcv_numba_as_before": lambda: as_before(ffcv["ffcv", "per_view"]),
+                 "ffcv_numba_as_before": lambda: as_before(ffcv["as found"]),
                  "ffcv_torch": lambda: iter(ffcv["torch", "once"]),
                  "ffcv_decode": lambda: ffcv["torch", "once"].uint8_batches(),
                  "ffcv_decode_per_view": lambda: ffcv["torch", "per_view"].uint8_batches()}
@@ -184,6 +210,9 @@ def main() -> int:
     parser.add_argument("--torch-threads", type=int, default=os.cpu_count(),
                         help="torch's intra-op threads (the batched tensor ops' share)")
     parser.add_argument("--only", choices=("cifar10", "imagenette"), default=None)
+    parser.add_argument("--as-found", default="2d738c0",
+                        help="the revision whose photometric kernels the loader as issue 13 "
+                             "found it runs (those of 2d738c0 and before)")
     args = parser.parse_args()
     # Importing FFCV leaves torch on one thread; a training process sets its own count.
     torch.set_num_threads(args.torch_threads)
@@ -196,6 +225,7 @@ def main() -> int:
     compile_s = kernel_compile_seconds()
     rows = []
     with tempfile.TemporaryDirectory(prefix="bt-loader-bench-") as tmp:
+        old_kernels = kernels_at(args.as_found, Path(tmp))
         folders = {}
         for name, archive, res, views, mode in plan:
             if args.only and name != args.only:
@@ -203,14 +233,16 @@ def main() -> int:
             if name not in folders:
                 folders[name] = unpack(archive, Path(tmp) / name)
             print(f"... {name} {res} px, FFCV {mode} mode", file=sys.stderr, flush=True)
-            rows.append(bench_dataset(name, folders[name], res, views, mode, args, Path(tmp)))
+            rows.append(bench_dataset(name, folders[name], res, views, mode, args, Path(tmp),
+                                      old_kernels))
 
     print(f"\nTwo-view loader, images/s (pairs of views), batch {args.batch}, "
           f"{args.workers} workers (FFCV threads / DataLoader processes), torch threads "
           f"{torch.get_num_threads()}; median ± half-range of {args.passes} passes after 1 "
           f"warm-up pass, the loaders taking turns")
     print(f"machine: {machine()}; load average before {load_before}, after {load_average()}")
-    print(f"versions: {versions()}; revision {revision()}\n")
+    print(f"versions: {versions()}; revision {revision()}; the loader as issue 13 found it: "
+          f"the photometric kernels of {args.as_found}\n")
     print("| data set | res | FFCV mode | torchvision | FFCV + numba photometric | the same, "
           "decoded per view | the same, as issue 13 found it | FFCV + torch photometric (CPU) "
           "| decode + crop + flip only | the same, decoded per view | numba vs torchvision | "
