@@ -111,6 +111,24 @@ def test_a_local_run_starts_no_preemption_watcher(killed_run):
     assert list_actors(filters=[("class_name", "=", "PreemptionWatcher")]) == []
 
 
+def test_a_run_starts_no_ray_data_dataset_manager(killed_run):
+    """The workers read FFCV files, not Ray Datasets: Train's DatasetManager, one more actor
+    process per launch, is not started (harness.pretrain.driver.FFCVTrainer), while every
+    other callback TorchTrainer would install still is."""
+    from ray.train.torch import TorchTrainer
+    from ray.util.state import list_actors
+
+    from harness.pretrain.driver import FFCVTrainer
+
+    assert list_actors(filters=[("class_name", "=", "TrainController")])
+    assert list_actors(filters=[("class_name", "=", "DatasetManager")]) == []
+    ours, torch_trainer = (
+        [type(c).__name__ for c in cls(lambda: None)._create_default_callbacks()]
+        for cls in (FFCVTrainer, TorchTrainer))
+    assert "DatasetsCallback" in torch_trainer
+    assert ours == [name for name in torch_trainer if name != "DatasetsCallback"]
+
+
 def test_loss_falls(killed_run):
     # Three short epochs of 16 px crops: the loss falls, though not always every epoch (a
     # throttled run saw 7.59, 5.86, 6.61; runs of the suite differ in the last digits).
