@@ -75,11 +75,23 @@ def filesystem(location: str | Path):
     if not is_uri(location):
         return LocalFileSystem(), str(Path(location).expanduser().resolve())
     try:
-        return FileSystem.from_uri(str(location))
+        return FileSystem.from_uri(_with_s3_defaults(str(location)))
     except Exception as err:  # noqa: BLE001 - pyarrow raises several types for a bad URI
         raise ConfigError(f"storage: cannot open {location!r} ({_first_line(err)}): give a folder, "
                           "or a URI that pyarrow.fs (as Ray's storage_path) opens: s3://bucket/"
                           "prefix, gs://..., file:///path") from None
+
+
+def _with_s3_defaults(uri: str) -> str:
+    """An s3:// URI with allow_delayed_open=true unless it says otherwise: pyarrow then writes
+    a file smaller than one part (every record here, most checkpoints of small models) with
+    one PutObject when it is closed, instead of a multipart upload opened when the file is
+    (three requests: create, part, complete; measured against moto). An error that would have
+    come at open comes at close instead, still before a write is taken as done (check_uri
+    writes its probe file the same way, before any training)."""
+    if not uri.startswith("s3://") or "allow_delayed_open=" in uri:
+        return uri
+    return uri + ("&" if "?" in uri else "?") + "allow_delayed_open=true"
 
 
 def _first_line(err: BaseException) -> str:

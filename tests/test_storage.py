@@ -88,6 +88,31 @@ def test_a_writable_bucket_passes_the_check_and_keeps_nothing(s3, monkeypatch):
     assert not storage.exists(storage.join(uri, ".harness-write-check"))
 
 
+@pytest.mark.parametrize("delayed", [None, "false"])
+def test_a_small_s3_write_is_one_put_unless_the_uri_says_otherwise(s3, monkeypatch, delayed):
+    """By default (harness.storage._with_s3_defaults) nothing reaches S3 until the file is
+    closed, and then one PutObject; a URI with allow_delayed_open=false gets pyarrow's own
+    behaviour, a multipart upload opened with the file."""
+    import boto3
+
+    endpoint, keys = s3
+    _as(keys, "writer", monkeypatch)
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                          aws_access_key_id=keys["writer"][0],
+                          aws_secret_access_key=keys["writer"][1])
+    bucket = f"small-{delayed or 'default'}"  # not `runs`, which the tests below keep empty
+    client.create_bucket(Bucket=bucket)
+    uri = s3_uri(endpoint, bucket, "run")
+    if delayed:
+        uri += f"&allow_delayed_open={delayed}"
+    fs, path = storage.filesystem(storage.join(uri, "metrics.jsonl"))
+    with fs.open_output_stream(path) as out:
+        out.write(b'{"epoch": 1}\n')
+        opened = client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+        assert len(opened) == (1 if delayed == "false" else 0)
+    assert storage.read_text(storage.join(uri, "metrics.jsonl")) == '{"epoch": 1}\n'
+
+
 BAD = [  # (who, the URI's bucket/prefix or a whole URI, what the message must say)
     ("writer", "no-such-bucket/p", "the bucket does not exist"),
     ("reader", "runs/p", "access denied"),                 # a read-only prefix

@@ -139,9 +139,9 @@ def _remove_probes(node: str, storage_path: str, token: str) -> list[str]:
 
 def _probe_folder(storage_path: str, token: str):
     """(pyarrow filesystem, probe folder in it) for a local path or a URI (s3://bucket/dir)."""
-    from pyarrow.fs import FileSystem
+    from harness.storage import filesystem
 
-    fs, root = FileSystem.from_uri(storage_path)
+    fs, root = filesystem(storage_path)
     return fs, f"{root.rstrip('/')}/.cluster-check-{token}"
 
 
