@@ -275,14 +275,15 @@ def test_killed_sweep_resumes_only_unfinished_trials_and_nan_fails(cifar_prepare
     before = ray_processes()
     monkeypatch.setenv("BT_SWEEP_CACHE", str(tmp_path / "cache"))
     # Both trials at once: t0000 (loss scale 1e38) overflows at its first step and fails,
-    # while t0001 trains its epoch; the driver dies once t0000 has failed and t0001 has
-    # started. A failed trial is finished: the resumed sweep runs t0001 again and leaves t0000
-    # as it was.
+    # while t0001 trains; the driver dies once t0000 has failed and t0001 has started. A
+    # failed trial is finished: the resumed sweep runs t0001 again and leaves t0000 as it was.
+    # Six epochs of five steps: with one, t0001 (4 s an epoch in CI) could end before t0000's
+    # failure was recorded (seen once in CI at db85b6b), and then nothing was left to resume.
     path = _sweep_file(tmp_path, cifar_prepared, "resume",
                        space={"loss.scale": [1e38, 0.1]},
                        settings={"test_images": 50, "val_images": 50}, concurrent=2,
                        protocols=("knn",), baseline=False,
-                       fixed={"epochs": 1, "data.subset": None, "data.resolution": 16,
+                       fixed={"epochs": 6, "data.subset": None, "data.resolution": 16,
                               "batch_size": 64, "run.checkpoint_every": 1,
                               "probe.enabled": False},
                        storage=f"file://{tmp_path / 'bucket'}")
