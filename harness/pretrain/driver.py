@@ -22,7 +22,10 @@ import ray  # noqa: E402
 import ray.train  # noqa: E402
 import torch  # noqa: E402
 from ray.train.torch import TorchTrainer  # noqa: E402
-from ray.train.v2._internal.callbacks.datasets import DatasetsCallback  # noqa: E402
+try:  # Train V2's own module, so another Ray release may move it
+    from ray.train.v2._internal.callbacks.datasets import DatasetsCallback  # noqa: E402
+except ImportError:  # then FFCVTrainer keeps every callback, as TorchTrainer does
+    DatasetsCallback = None
 
 from harness import storage  # noqa: E402
 from harness.checkpoint import latest_checkpoint, saved_config  # noqa: E402
@@ -97,7 +100,7 @@ class FFCVTrainer(TorchTrainer):
 
     def _create_default_callbacks(self):
         callbacks = super()._create_default_callbacks()
-        if self.datasets:
+        if self.datasets or DatasetsCallback is None:
             return callbacks
         return [c for c in callbacks if not isinstance(c, DatasetsCallback)]
 
