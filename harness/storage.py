@@ -89,9 +89,12 @@ def _with_s3_defaults(uri: str) -> str:
     (three requests: create, part, complete; measured against moto). An error that would have
     come at open comes at close instead, still before a write is taken as done (check_uri
     writes its probe file the same way, before any training)."""
-    if not uri.startswith("s3://") or "allow_delayed_open=" in uri:
+    from urllib.parse import parse_qs
+
+    base, _, query = uri.partition("?")
+    if not uri.startswith("s3://") or "allow_delayed_open" in parse_qs(query):
         return uri
-    return uri + ("&" if "?" in uri else "?") + "allow_delayed_open=true"
+    return f"{base}?{'&'.join(filter(None, (query, 'allow_delayed_open=true')))}"
 
 
 def _first_line(err: BaseException) -> str:

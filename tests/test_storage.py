@@ -88,6 +88,16 @@ def test_a_writable_bucket_passes_the_check_and_keeps_nothing(s3, monkeypatch):
     assert not storage.exists(storage.join(uri, ".harness-write-check"))
 
 
+def test_s3_uris_get_delayed_open_unless_their_query_sets_it():
+    f = storage._with_s3_defaults
+    assert f("s3://b/p") == f("s3://b/p?") == "s3://b/p?allow_delayed_open=true"
+    assert f("s3://b/p?scheme=http") == "s3://b/p?scheme=http&allow_delayed_open=true"
+    assert f("s3://b/p?allow_delayed_open=false") == "s3://b/p?allow_delayed_open=false"
+    # Only the query counts: a folder of that name is a path like any other.
+    assert f("s3://b/allow_delayed_open=x") == "s3://b/allow_delayed_open=x?allow_delayed_open=true"
+    assert f("gs://b/p") == "gs://b/p" and f("file:///tmp/p") == "file:///tmp/p"
+
+
 @pytest.mark.parametrize("delayed", [None, "false"])
 def test_a_small_s3_write_is_one_put_unless_the_uri_says_otherwise(s3, monkeypatch, delayed):
     """By default (harness.storage._with_s3_defaults) nothing reaches S3 until the file is
