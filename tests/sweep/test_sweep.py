@@ -225,10 +225,11 @@ def test_every_ablation_file_runs_a_trial_with_the_documented_smoke_command(cifa
     overrides = [args[i + 1] for i, a in enumerate(args) if a == "--set"] + ours
     evals = [args[i + 1] for i, a in enumerate(args) if a == "--eval-set"]
     assert "harness sweep: " + "; ".join(f"ablation_{p.stem} ok" for p in files) in out
-    spans, baselines = [], []
+    spans, baselines, run_dirs = [], [], []
     for path in files:
         sweep = load_sweep(path, storage_path=str(tmp_path / "smoke"), overrides=overrides,
                            eval_overrides=evals, only=["t0001"])
+        run_dirs.append(sweep.run_dir)
         trials = read_trials(sweep.run_dir)
         assert [(t["trial_id"], t["status"]) for t in trials] == [("t0001", "ok")], trials
         timing = trials[0]["timing"]
@@ -259,6 +260,13 @@ def test_every_ablation_file_runs_a_trial_with_the_documented_smoke_command(cifa
     # takes one), so some trials of different files ran side by side.
     assert any(a[0] < b[1] and b[0] < a[1] for i, a in enumerate(spans) for b in spans[i + 1:]), \
         spans
+    # Without a scheduler a trial's process runs the next trial (TuneConfig.reuse_actors): the
+    # five trials ran in fewer processes than five. Tune's records of them (in the first
+    # file's folder) carry the process id of each.
+    results = sorted((run_dirs[0] / ".ray" / "tune").glob("*/result.json"))
+    assert len(results) == len(files), results
+    pids = {json.loads(p.read_text().splitlines()[-1])["pid"] for p in results}
+    assert len(pids) < len(files), pids
     # One random-init evaluation for the five: it ran for the first file, the others hold a
     # marked copy of its records.
     first, *others = baselines
