@@ -15,7 +15,9 @@ Trials share the machine by resources. Tune gives a trial function one CPU by de
 the trial function holds no CPU, leaving all of them to its workers, and on a local instance
 one unit of a custom resource (`harness_trial_slot`, as many as the trials that fit at once)
 limits how many trials start, so that a started trial finds CPUs for its workers. On a cluster,
-Tune's max_concurrent_trials does that.
+Tune's max_concurrent_trials does that. Without a scheduler, a trial whose function has returned
+hands its process to the next trial (Tune's reuse_actors): one start of torch, Train and Tune
+less per trial after the first ones.
 
 Several sweep files in one command (`harness sweep experiments/ablations/*.yaml`) run on one
 Ray instance, each with its own folder, records and report. Those without a scheduler that run
