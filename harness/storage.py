@@ -22,6 +22,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import parse_qs
 
 from harness.config.schema import ConfigError
 
@@ -89,10 +90,10 @@ def _with_s3_defaults(uri: str) -> str:
     (three requests: create, part, complete; measured against moto). An error that would have
     come at open comes at close instead, still before a write is taken as done (check_uri
     writes its probe file the same way, before any training)."""
-    from urllib.parse import parse_qs
-
     base, _, query = uri.partition("?")
-    if not uri.startswith("s3://") or "allow_delayed_open" in parse_qs(query):
+    # keep_blank_values: an option set empty is still the URI's own (pyarrow then names it).
+    if not uri.startswith("s3://") or "allow_delayed_open" in parse_qs(query,
+                                                                       keep_blank_values=True):
         return uri
     return f"{base}?{'&'.join(filter(None, (query, 'allow_delayed_open=true')))}"
 

@@ -92,7 +92,8 @@ def test_s3_uris_get_delayed_open_unless_their_query_sets_it():
     f = storage._with_s3_defaults
     assert f("s3://b/p") == f("s3://b/p?") == "s3://b/p?allow_delayed_open=true"
     assert f("s3://b/p?scheme=http") == "s3://b/p?scheme=http&allow_delayed_open=true"
-    assert f("s3://b/p?allow_delayed_open=false") == "s3://b/p?allow_delayed_open=false"
+    for own in ("false", ""):  # the URI's own value, even an empty one, is left as it is
+        assert f(f"s3://b/p?allow_delayed_open={own}") == f"s3://b/p?allow_delayed_open={own}"
     # Only the query counts: a folder of that name is a path like any other.
     assert f("s3://b/allow_delayed_open=x") == "s3://b/allow_delayed_open=x?allow_delayed_open=true"
     assert f("gs://b/p") == "gs://b/p" and f("file:///tmp/p") == "file:///tmp/p"
